@@ -1,0 +1,1 @@
+"""Quadlet templates, shipped as package data (see pyproject.toml)."""

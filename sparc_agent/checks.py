@@ -1,0 +1,140 @@
+"""Rules that relate one part of a profile to another, each naming the key it is about."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from dataclasses import dataclass
+
+from .model import Profile
+from .yamlsource import Path
+
+
+@dataclass(frozen=True)
+class Finding:
+    path: Path
+    message: str
+
+
+def errors(profile: Profile) -> Iterator[Finding]:
+    yield from _references(profile)
+    yield from _probe_ports(profile)
+    yield from _port_clashes(profile)
+    yield from _cycles(profile)
+
+
+def warnings(profile: Profile) -> Iterator[Finding]:
+    for name, svc in profile.services.items():
+        ref = svc.image.split("@")[0]
+        tail = ref.rsplit("/", 1)[-1]
+        untagged = ":" not in tail or tail.endswith(":latest")
+        if untagged and "@" not in svc.image and not svc.image.startswith("localhost/"):
+            yield Finding(("services", name, "image"), "no pinned tag: `latest` changes under you (pin a version)")
+    used_secrets = {s for svc in profile.services.values() for s in svc.secrets.values()}
+    for name in profile.secrets.keys() - used_secrets:
+        yield Finding(("secrets", name), "declared but no service uses it")
+    used_volumes = {m.source for svc in profile.services.values() for m in svc.volumes if m.is_named_volume}
+    for name in profile.volumes.keys() - used_volumes:
+        yield Finding(("volumes", name), "declared but no service mounts it")
+    if profile.pod.bind in ("0.0.0.0", "::"):
+        for i, port in enumerate(profile.pod.ports):
+            if port.host_ip is None:  # an address written on the port itself is deliberate
+                yield Finding(("pod", "ports", i), f"{port} listens on every interface (pod.bind)")
+
+
+def _references(profile: Profile) -> Iterator[Finding]:
+    for name, svc in profile.services.items():
+        for env, secret in svc.secrets.items():
+            if secret not in profile.secrets:
+                yield Finding(
+                    ("services", name, "secrets", env),
+                    f"secret {secret!r} is not declared (declared: {_names(profile.secrets)})",
+                )
+            if env in svc.env:
+                yield Finding(("services", name, "secrets", env), f"{env} is also set in env (give it once)")
+        for i, mount in enumerate(svc.volumes):
+            if mount.is_named_volume and mount.source not in profile.volumes:
+                yield Finding(
+                    ("services", name, "volumes", i),
+                    f"volume {mount.source!r} is not declared (declared: {_names(profile.volumes)})",
+                )
+        for dep, condition in svc.depends_on.items():
+            where = ("services", name, "depends_on", dep)
+            if dep == name:
+                yield Finding(where, "a service cannot depend on itself")
+            elif dep not in profile.services:
+                yield Finding(where, f"no service {dep!r} (services: {_names(profile.services)})")
+            elif condition == "healthy" and profile.services[dep].health is None:
+                yield Finding(where, f"{dep!r} has no health probe, so it can never be `healthy` (use `started`)")
+
+
+def _probe_ports(profile: Profile) -> Iterator[Finding]:
+    for name, svc in profile.services.items():
+        if svc.health is None or svc.health.kind == "exec":
+            continue
+        port: int = getattr(svc.health.probe, "port")  # noqa: B009 - every non-exec probe has one
+        protocol = "udp" if svc.health.kind == "stun" else "tcp"
+        if not any(p.covers(port, protocol) for p in profile.pod.ports):
+            yield Finding(
+                ("services", name, "health", svc.health.kind, "port"),
+                f"{port}/{protocol} is not published in pod.ports (the agent probes host ports on"
+                f" 127.0.0.1; publish it, or use an exec probe)",
+            )
+        if svc.health.timeout > svc.health.interval:
+            yield Finding(("services", name, "health", "timeout"), "timeout is longer than interval")
+
+
+def _port_clashes(profile: Profile) -> Iterator[Finding]:
+    seen: dict[tuple[str, int], int] = {}
+    for i, spec in enumerate(profile.pod.ports):
+        for port in range(spec.host[0], spec.host[1] + 1):
+            key = (spec.protocol, port)
+            if key in seen:
+                yield Finding(("pod", "ports", i), f"host port {port}/{spec.protocol} is already in pod.ports[{seen[key]}]")
+                break
+            seen[key] = i
+
+
+def _cycles(profile: Profile) -> Iterator[Finding]:
+    graph = {n: [d for d in s.depends_on if d in profile.services and d != n] for n, s in profile.services.items()}
+    state: dict[str, int] = {}  # 1 = on the current path, 2 = done
+    reported: set[frozenset[str]] = set()
+
+    def visit(node: str, path: list[str]) -> Iterator[Finding]:
+        state[node] = 1
+        for dep in graph[node]:
+            if state.get(dep) == 1:
+                cycle = [*path[path.index(dep) :], dep]
+                if frozenset(cycle) not in reported:
+                    reported.add(frozenset(cycle))
+                    yield Finding(
+                        ("services", node, "depends_on", dep), "dependency cycle: " + " -> ".join(cycle)
+                    )
+            elif dep not in state:
+                yield from visit(dep, [*path, dep])
+        state[node] = 2
+
+    for node in graph:
+        if node not in state:
+            yield from visit(node, [node])
+
+
+def _names(mapping: dict[str, object]) -> str:
+    return ", ".join(sorted(mapping)) or "none"
+
+
+def start_order(profile: Profile) -> list[str]:
+    """Services in dependency order (dependencies first); ties keep profile order."""
+    order: list[str] = []
+    done: set[str] = set()
+
+    def add(name: str) -> None:
+        if name in done:
+            return
+        done.add(name)
+        for dep in profile.services[name].depends_on:
+            add(dep)
+        order.append(name)
+
+    for name in profile.services:
+        add(name)
+    return order

@@ -1,0 +1,114 @@
+"""The `sparc-agent` command line. Thin: each command parses flags and calls one module."""
+
+from __future__ import annotations
+
+import sys
+from collections.abc import Callable, Sequence
+from functools import wraps
+from pathlib import Path
+from typing import Any, TypeVar
+
+import click
+
+from . import __version__
+from .errors import InvalidInput, SparcError
+from .profile import LoadedProfile, load_profile
+
+F = TypeVar("F", bound=Callable[..., Any])
+
+
+def _reports_errors(func: F) -> F:
+    """Our own errors become one clear message and their exit code, never a traceback."""
+
+    @wraps(func)
+    def wrapper(*args: Any, **kwargs: Any) -> Any:
+        try:
+            return func(*args, **kwargs)
+        except SparcError as exc:
+            click.echo(str(exc), err=True)
+            sys.exit(exc.exit_code)
+
+    return wrapper  # type: ignore[return-value]
+
+
+def _profile_options(func: F) -> F:
+    func = click.option(
+        "-f", "overlays", multiple=True, metavar="OVERLAY", help="Overlay file merged over the profile (repeatable)."
+    )(func)
+    func = click.option(
+        "--set", "sets", multiple=True, metavar="KEY=VALUE", help="Override one key, e.g. services.mas.env.X=1."
+    )(func)
+    return click.argument("profile", type=click.Path(dir_okay=False))(func)
+
+
+def _load(profile: str, overlays: Sequence[str], sets: Sequence[str]) -> LoadedProfile:
+    loaded = load_profile(profile, overlays, sets)
+    for warning in loaded.warnings:
+        click.echo(f"{warning.location}: {_key(warning.path)}: warning: {warning.message}", err=True)
+    return loaded
+
+
+def _key(path: tuple[str | int, ...]) -> str:
+    from .profile import format_path
+
+    return format_path(path)
+
+
+@click.group(context_settings={"help_option_names": ["-h", "--help"]})
+@click.version_option(__version__, prog_name="sparc-agent")
+def main() -> None:
+    """Run a multi-container GPU stack as rootless systemd services (Podman quadlets)."""
+
+
+@main.command()
+@_profile_options
+@_reports_errors
+def validate(profile: str, overlays: tuple[str, ...], sets: tuple[str, ...]) -> None:
+    """Check PROFILE; exit 0 with a one-line summary, or 2 with FILE:LINE: key: problem."""
+    loaded = _load(profile, overlays, sets)
+    p = loaded.profile
+    gpus = sum(1 for s in p.services.values() if s.gpus is not None)
+    click.echo(
+        f"{profile}: stack {p.name} is valid: {len(p.services)} services ({', '.join(p.services)}),"
+        f" {len(p.pod.ports)} ports, {len(p.volumes)} volumes, {len(p.secrets)} secrets,"
+        f" {gpus} with GPUs; sha256 {loaded.digest[:12]}"
+    )
+
+
+@main.command()
+@_profile_options
+@click.option("--out", "out", required=True, metavar="DIR", help="Directory to write into, or - for stdout.")
+@click.option("--podman-version", metavar="X.Y", help="Render for this podman (default: the installed one).")
+@_reports_errors
+def render(
+    profile: str, overlays: tuple[str, ...], sets: tuple[str, ...], out: str, podman_version: str | None
+) -> None:
+    """Write the quadlet files and user units for PROFILE (paths relative to $XDG_CONFIG_HOME)."""
+    from .fsutil import write_atomic
+    from .render import Target, render_agent_unit
+    from .render import render as render_files
+
+    loaded = _load(profile, overlays, sets)
+    if podman_version:
+        try:
+            target = Target.for_podman(podman_version)
+        except ValueError as exc:
+            raise InvalidInput(f"--podman-version: {exc}") from None
+    else:
+        from .hostinfo import detect
+
+        target = detect().target()
+    files = render_files(loaded.profile, target)
+    files["systemd/user/sparc-agent.service"] = render_agent_unit()
+    if out == "-":
+        for path, text in files.items():
+            click.echo(f"# --- {path}\n{text}", nl=False)
+        return
+    root = Path(out)
+    for path, text in files.items():
+        write_atomic(root / path, text.encode())
+    click.echo(f"wrote {len(files)} files for podman {target.podman} (quadlet {target.quadlet}) under {root}")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,65 @@
+"""Which podman/quadlet/systemd the files are rendered for, and what each allows.
+
+Quadlet keys arrive with podman releases (podlet keeps the same table); where
+a key is too new, the renderer falls back to the `podman run` flag through
+PodmanArgs= or to an equivalent unit, and refuses only what has no equivalent.
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+from functools import total_ordering
+
+
+@total_ordering
+@dataclass(frozen=True)
+class Version:
+    major: int
+    minor: int = 0
+
+    @classmethod
+    def parse(cls, text: str) -> Version:
+        m = re.match(r"\s*v?(\d+)(?:\.(\d+))?", text)
+        if not m:
+            raise ValueError(f"not a version: {text!r} (allowed: X.Y, e.g. 4.4 or 5.4)")
+        return cls(int(m.group(1)), int(m.group(2) or 0))
+
+    def __lt__(self, other: object) -> bool:
+        if not isinstance(other, Version):
+            return NotImplemented
+        return (self.major, self.minor) < (other.major, other.minor)
+
+    def __str__(self) -> str:
+        return f"{self.major}.{self.minor}"
+
+
+# the first quadlet (podman) version that knows each key or file type
+QUADLET_SINCE = {
+    "quadlet": Version(4, 4),
+    "Secret": Version(4, 5),
+    "LogDriver": Version(4, 5),
+    "PidsLimit": Version(4, 7),
+    "VolumeName": Version(4, 8),
+    ".pod": Version(5, 0),
+}
+# podman (runtime) behaviour the files must work around
+PODMAN_DELETES_ID_FILES = Version(5, 0)  # older podman leaves %t/%N.cid behind: restarts fail
+PODMAN_VOLUME_CREATE_IGNORE = Version(4, 4)  # quadlet's `.volume` runs `volume create --ignore`
+# systemd: RestartSteps=/RestartMaxDelaySec= give exponential restart backoff natively
+SYSTEMD_RESTART_STEPS = 254
+
+
+@dataclass(frozen=True)
+class Target:
+    podman: Version = Version(5, 4)
+    quadlet: Version = Version(5, 4)  # the generator usually ships with podman; test hosts may differ
+    systemd: int = 252
+
+    @classmethod
+    def for_podman(cls, version: str, systemd: int = 252) -> Target:
+        v = Version.parse(version)
+        return cls(podman=v, quadlet=v, systemd=systemd)
+
+    def has(self, feature: str) -> bool:
+        return self.quadlet >= QUADLET_SINCE[feature]

@@ -1,0 +1,1 @@
+"""systemd user unit templates, shipped as package data (see pyproject.toml)."""
