@@ -9,6 +9,8 @@
 #   localhost/sparc/signaling-server:latest           `node server.js --httpPort 8080`: WebSocket server
 #   docker.io/coturn/coturn:4.6                       STUN on --listening-port (3478) udp+tcp
 #   localhost/sparc/unity-server:latest               process "SPARC-P.x86_64" holding a WebSocket to SIGNALING_URL
+#   localhost/sparc/riva-websocket-bridge:latest      `riva-websocket-gateway --port=8080`: WebSocket server
+#                                                     (examples/sparc-backend.yaml)
 #
 # Sources: images/standin/. Every image carries the label org.sparc-agent.standin.hash (its recipe and
 # sources); an image whose label matches is skipped, so a second run takes about a second.
@@ -33,8 +35,9 @@ declare -A IMAGES=(
   [signaling]=localhost/sparc/signaling-server:latest
   [coturn]=docker.io/coturn/coturn:4.6
   [unity]=localhost/sparc/unity-server:latest
+  [ws-bridge]=localhost/sparc/riva-websocket-bridge:latest
 )
-ORDER=(riva mas signaling coturn unity)
+ORDER=(riva mas signaling coturn unity ws-bridge)
 BASE_PACKAGES=python3,python3-grpcio,procps
 # part of the base hash: change it to force a new base everywhere
 BASE_RECIPE="mmdebstrap v1 --variant=essential --include=$BASE_PACKAGES bookworm nodoc"
@@ -48,7 +51,7 @@ for arg in "$@"; do
       for n in "${ORDER[@]}"; do echo "${IMAGES[$n]}"; done
       exit 0
       ;;
-    -h | --help) sed -n '2,21p' "$0"; exit 0 ;;
+    -h | --help) sed -n '2,22p' "$0"; exit 0 ;;
     *) echo "unknown argument: $arg" >&2; exit 2 ;;
   esac
 done

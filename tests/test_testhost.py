@@ -99,12 +99,41 @@ SuccessExitStatus=143
     _version, status, body = http_get(port, "/index.html")
     assert (status, body) == (200, b"hello\n")
     assert m.systemctl("is-active", "web.service").stdout.strip() == "active"
+    # journald tags the unit's output with the manager's slice and the user unit (podman prints the id)
+    wait_for(lambda: m.journal("web.service").strip(), 10, what="journal of web.service")
     # the verify helper accepts the generated unit
     rc, text = systemd_analyze_verify([generated], m.environ())
     assert rc == 0, text
     m.systemctl("stop", "web.service")
     assert m.systemctl("is-active", "web.service", check=False).stdout.strip() == "inactive"
     assert m.prefixed("web") not in podman("ps", "-a", "--format", "{{.Names}}").stdout.split()
+
+
+def test_quadlet_pod_and_volume(user_manager: UserManager, standin_images: dict[str, str]) -> None:
+    """`.pod` + `.volume` through the real generator (on podman < 4.4 via the PODMAN shim)."""
+    m = user_manager
+    port = free_port()
+    q = m.quadlet_dir
+    (q / "data.volume").write_text(f"[Volume]\nVolumeName={m.prefixed('data')}\n")
+    (q / "app.pod").write_text(
+        f"[Pod]\nPodName={m.prefixed('app')}\nPublishPort=127.0.0.1:{port}:80\n"
+        "[Service]\nExecStartPre=-/bin/rm -f %t/%N.pod-id\n"
+    )
+    (q / "app-web.container").write_text(
+        f"[Container]\nImage={BB_IMAGE}\nContainerName={m.prefixed('app-web')}\nPod=app.pod\n"
+        "Volume=data.volume:/www\n"
+        "Exec=sh -c 'echo from-volume > /www/index.html; exec httpd -f -p 80 -h /www'\n"
+        "RunInit=true\n[Service]\nExecStartPre=-/bin/rm -f %t/%N.cid\nSuccessExitStatus=143\n"
+    )
+    rc, _out, err = quadlet_dryrun(q)
+    assert rc == 0, err
+    m.daemon_reload()
+    m.systemctl("start", "app-pod.service")
+    wait_tcp(port, 20)
+    assert wait_for(lambda: http_get(port, "/index.html")[2] == b"from-volume\n", 10, what="pod answers")
+    assert m.prefixed("data") in podman("volume", "ls", "--format", "{{.Name}}").stdout.split()
+    m.systemctl("stop", "app-pod.service")
+    assert m.prefixed("app") not in podman("pod", "ps", "--format", "{{.Name}}").stdout.split()
 
 
 def test_quadlet_dryrun_reports_bad_file(tmp_path: Path) -> None:
@@ -179,6 +208,45 @@ def test_standins_answer_their_protocols(standin_images: dict[str, str]) -> None
         # mas answers 503 when riva goes away (so depends_on matters)
         podman("stop", "-t", "5", f"{prefix}-riva")
         wait_for(lambda: http_get(ports["mas"], "/health")[1] == 503, 10, what="mas unhealthy without riva")
+
+
+def test_backend_standins_honour_example_commands(standin_images: dict[str, str]) -> None:
+    """The commands of examples/sparc-backend.yaml: bridge `--port=`, mas `uvicorn ... --port`."""
+    prefix = f"th-img-{os.urandom(3).hex()}"
+    bridge, mas = free_port(), free_port()
+    with cleanup(prefix):
+        podman(
+            "run",
+            "-d",
+            "--init",
+            "--name",
+            f"{prefix}-bridge",
+            "-p",
+            f"127.0.0.1:{bridge}:8081",
+            standin_images["ws-bridge"],
+            "riva-websocket-gateway",
+            "--riva-uri=localhost:50051",
+            "--port=8081",
+        )
+        podman(
+            "run",
+            "-d",
+            "--init",
+            "--name",
+            f"{prefix}-mas",
+            "-p",
+            f"127.0.0.1:{mas}:8001",
+            standin_images["mas"],
+            "uvicorn",
+            "main:app",
+            "--host",
+            "0.0.0.0",
+            "--port",
+            "8001",
+        )
+        assert wait_for(lambda: ws_handshake(bridge), 20, what="bridge ws") == (101, True)
+        # no riva here: up, but unhealthy
+        assert wait_for(lambda: http_get(mas, "/health")[1], 20, what="mas answers") == 503
 
 
 def test_unity_standin_exits_without_signaling(standin_images: dict[str, str]) -> None:

@@ -58,6 +58,7 @@ STANDIN_IMAGES = {
     "signaling": "localhost/sparc/signaling-server:latest",
     "coturn": "docker.io/coturn/coturn:4.6",
     "unity": "localhost/sparc/unity-server:latest",
+    "ws-bridge": "localhost/sparc/riva-websocket-bridge:latest",
 }
 
 # quadlet 5 runs "podman volume|network create --ignore NAME"; podman < 4.4 has no --ignore.
@@ -720,11 +721,16 @@ def quadlet_dryrun(unit_dir: Path | str, *, env: dict[str, str] | None = None) -
 
 
 def systemd_analyze_verify(unit_paths: Sequence[Path | str], env: dict[str, str]) -> tuple[int, str]:
-    """`systemd-analyze --user verify` of unit files; (rc, combined output).
+    """`systemd-analyze --user verify` of unit files; (rc, combined output). Clean = rc 0 and no output.
 
-    Pass a user manager's `.environ()` (its XDG_RUNTIME_DIR is needed for --user). Units may
-    reference each other (e.g. a generated .service and its .pod): pass all of them together.
-    Warnings about units that bookworm lacks (podman-user-wait-network-online.service) are dropped.
+    Works without a booted system when given a user manager's `.environ()`: --user needs XDG_RUNTIME_DIR
+    ("Failed to initialize manager: No such device or address" without it), and with the manager's
+    XDG_CONFIG_HOME/XDG_RUNTIME_DIR it also resolves units in its unit dir and generator dir (a
+    `Wants=web.service` of a plain unit finds the generated web.service; a missing `Requires=` target
+    gives rc 1, "Unit other.service not found"). Generated units verify (rc 0) as they are: their Exec
+    binaries (podman or the compat shim) exist. Unknown keys and unparsable values are only warnings
+    ("Unknown key 'X' in section [Service], ignoring.") with rc 0, so assert on the output too.
+    Warnings about units bookworm lacks (podman-user-wait-network-online.service) are dropped.
     """
     argv = ["systemd-analyze", "--user", "--no-pager", "verify", *map(str, unit_paths)]
     proc = run(argv, env={**os.environ, **env}, check=False, timeout=60)

@@ -1,9 +1,11 @@
 """Stand-in for the SPARC MAS server: HTTP/1.1 on :8000. GET /health is 200 only while a TCP
 connection to RIVA_API_URL (host:port, optionally with a scheme) succeeds, else 503, so the
-profile's depends_on riva matters."""
+profile's depends_on riva matters. A command like `uvicorn main:app --host H --port P` (the v1
+backend example) is appended to the entrypoint: --host/--port are honoured, the rest ignored."""
 
 from __future__ import annotations
 
+import argparse
 import json
 import os
 import socket
@@ -59,9 +61,14 @@ class Handler(BaseHTTPRequestHandler):
 
 
 def main() -> None:
+    # honours --host/--port of a `uvicorn main:app --host H --port P` command; other words are ignored
+    parser = argparse.ArgumentParser(prog="mas-server")
+    parser.add_argument("--host", default="0.0.0.0")
+    parser.add_argument("--port", type=int, default=int(os.environ.get("MAS_STANDIN_PORT", "8000")))
+    args, _ignored = parser.parse_known_args()
     setup(NAME)
-    port = int(os.environ.get("MAS_STANDIN_PORT", "8000"))
-    server = ThreadingHTTPServer(("0.0.0.0", port), Handler)
+    port = args.port
+    server = ThreadingHTTPServer((args.host, port), Handler)
     log(NAME, f"HTTP on :{port}, RIVA_API_URL={os.environ.get('RIVA_API_URL', '')}")
     server.serve_forever()
 

@@ -1,6 +1,7 @@
 #!/usr/bin/python3
 """Stand-in for the SPARC signaling server, installed as `node` so the example's command
-`node server.js --httpPort 8080` starts it. WebSocket (RFC 6455) on --httpPort: a GET with
+`node server.js --httpPort 8080` starts it (and as `riva-websocket-gateway --port=8080` for the v1
+backend's WebSocket bridge). WebSocket (RFC 6455) on --httpPort: a GET with
 `Upgrade: websocket` gets 101 + the correct Sec-WebSocket-Accept; text/binary frames are echoed,
 pings answered. A plain GET gets 200 (so an HTTP probe works too)."""
 
@@ -98,13 +99,16 @@ class Server(socketserver.ThreadingTCPServer):
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(prog="node")
+    parser = argparse.ArgumentParser(prog=os.path.basename(sys.argv[0]))
     parser.add_argument("script", nargs="?", help="ignored (server.js)")
-    parser.add_argument("--httpPort", type=int, default=int(os.environ.get("HTTP_PORT", "8080")))
+    # --httpPort: the signaling server's flag; --port: riva-websocket-gateway's (the bridge stand-in)
+    parser.add_argument(
+        "--httpPort", "--port", dest="port", type=int, default=int(os.environ.get("HTTP_PORT", "8080"))
+    )
     args, unknown = parser.parse_known_args()
     setup(NAME)
-    server = Server(("0.0.0.0", args.httpPort), Handler)
-    log(NAME, f"WebSocket on :{args.httpPort} (script={args.script}, ignored args={unknown})")
+    server = Server(("0.0.0.0", args.port), Handler)
+    log(NAME, f"WebSocket on :{args.port} (script={args.script}, ignored args={unknown})")
     server.serve_forever()
 
 
