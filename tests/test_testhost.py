@@ -9,6 +9,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+import testhost
 from testhost import (
     BB_IMAGE,
     UserManager,
@@ -23,8 +24,6 @@ from testhost import (
     wait_tcp,
     ws_handshake,
 )
-
-pytestmark = pytest.mark.e2e
 
 
 @contextlib.contextmanager
@@ -46,6 +45,7 @@ def cleanup(prefix: str) -> Iterator[None]:
         assert not left, f"containers left behind: {left}"
 
 
+@pytest.mark.e2e
 def test_manager_is_private_and_in_its_own_cgroup(user_manager: UserManager) -> None:
     m = user_manager
     assert m.state() in ("running", "degraded")
@@ -70,6 +70,7 @@ def test_manager_is_private_and_in_its_own_cgroup(user_manager: UserManager) -> 
     print(f"manager ready in {m.start_seconds:.2f} s")
 
 
+@pytest.mark.e2e
 def test_quadlet_container_runs_in_manager(user_manager: UserManager, standin_images: dict[str, str]) -> None:
     m = user_manager
     port = free_port()
@@ -109,6 +110,7 @@ SuccessExitStatus=143
     assert m.prefixed("web") not in podman("ps", "-a", "--format", "{{.Names}}").stdout.split()
 
 
+@pytest.mark.e2e
 def test_quadlet_pod_and_volume(user_manager: UserManager, standin_images: dict[str, str]) -> None:
     """`.pod` + `.volume` through the real generator (on podman < 4.4 via the PODMAN shim)."""
     m = user_manager
@@ -136,6 +138,7 @@ def test_quadlet_pod_and_volume(user_manager: UserManager, standin_images: dict[
     assert m.prefixed("app") not in podman("pod", "ps", "--format", "{{.Name}}").stdout.split()
 
 
+@pytest.mark.e2e
 def test_quadlet_dryrun_reports_bad_file(tmp_path: Path) -> None:
     (tmp_path / "bad.container").write_text("[Container]\nExec=true\n")
     (tmp_path / "good.container").write_text(f"[Container]\nImage={BB_IMAGE}\n")
@@ -145,6 +148,7 @@ def test_quadlet_dryrun_reports_bad_file(tmp_path: Path) -> None:
     assert "---good.service---" in out
 
 
+@pytest.mark.e2e
 def test_standins_answer_their_protocols(standin_images: dict[str, str]) -> None:
     prefix = f"th-img-{os.urandom(3).hex()}"
     pod = f"{prefix}-pod"
@@ -210,6 +214,7 @@ def test_standins_answer_their_protocols(standin_images: dict[str, str]) -> None
         wait_for(lambda: http_get(ports["mas"], "/health")[1] == 503, 10, what="mas unhealthy without riva")
 
 
+@pytest.mark.e2e
 def test_backend_standins_honour_example_commands(standin_images: dict[str, str]) -> None:
     """The commands of examples/sparc-backend.yaml: bridge `--port=`, mas `uvicorn ... --port`."""
     prefix = f"th-img-{os.urandom(3).hex()}"
@@ -249,6 +254,7 @@ def test_backend_standins_honour_example_commands(standin_images: dict[str, str]
         assert wait_for(lambda: http_get(mas, "/health")[1], 20, what="mas answers") == 503
 
 
+@pytest.mark.e2e
 def test_unity_standin_exits_without_signaling(standin_images: dict[str, str]) -> None:
     name = f"th-img-{os.urandom(3).hex()}-unity"
     with cleanup(name):
@@ -277,6 +283,21 @@ def test_unity_standin_exits_without_signaling(standin_images: dict[str, str]) -
         assert "FAKE_GPU=all" in logs and "unreachable" in logs
 
 
+@pytest.mark.unit
 def test_free_port_hands_out_distinct_bindable_ports() -> None:
     ports = {free_port("both") for _ in range(20)}
     assert len(ports) == 20
+
+
+@pytest.mark.unit
+def test_missing_testhost_skips_on_a_laptop_and_fails_in_ci(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(testhost, "testhost_problems", lambda: ["podman not installed"])
+    monkeypatch.delenv("CI", raising=False)
+    monkeypatch.delenv("SPARC_REQUIRE_TESTHOST", raising=False)
+    with pytest.raises(pytest.skip.Exception, match="podman not installed"):
+        testhost.require_testhost()
+    for var, value in (("CI", "true"), ("SPARC_REQUIRE_TESTHOST", "1")):
+        with monkeypatch.context() as m:
+            m.setenv(var, value)
+            with pytest.raises(pytest.fail.Exception, match="test host not available"):
+                testhost.require_testhost()
