@@ -362,6 +362,9 @@ def _argv(value: Any) -> tuple[str, ...]:
         if isinstance(item, bool) or not isinstance(item, str | int | float):
             raise ValueError(f"word {i} is {_describe(item)} (allowed: strings)")
         _no_control(str(item))
+        if re.fullmatch(r"\\*;", str(item)):
+            # systemd splits ExecStart= at a lone ';' and quadlet drops the command: no quoting helps
+            raise ValueError(f"word {i} is a lone {item!r}, which systemd reads as a command separator")
     return tuple(str(item) for item in items)
 
 

@@ -37,6 +37,7 @@ CASES: list[tuple[str, str, str, str]] = [
     ("env-cr", svc('    env: {A: "x\\ry"}  #!\n'), "services.web.env.A", "control character"),
     ("command-newline", svc('    command: ["sh", "-c", "a\\nb"]  #!\n'), "services.web.command", "control character"),
     ("command-unbalanced-quote", svc("    command: \"sh -c 'oops\"  #!\n"), "services.web.command", "cannot split"),
+    ("command-lone-semicolon", svc('    command: ["sh", ";", "reboot"]  #!\n'), "services.web.command", "command separator"),
     ("command-empty", svc("    command: []  #!\n"), "services.web.command", "empty"),
     ("image-newline", HEAD + 'services:\n  web:\n    image: "busybox\\nExecStart=/x"  #!\n', "services.web.image", "control"),
     ("image-space", HEAD + 'services:\n  web:\n    image: "busy box"  #!\n', "services.web.image", "invalid image"),
