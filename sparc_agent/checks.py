@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
 
 from .model import Profile
@@ -16,9 +16,10 @@ class Finding:
 
 
 def errors(profile: Profile) -> Iterator[Finding]:
+    published, clashes = _published_ports(profile)
     yield from _references(profile)
-    yield from _probe_ports(profile)
-    yield from _port_clashes(profile)
+    yield from _probe_ports(profile, published)
+    yield from clashes
     yield from _cycles(profile)
 
 
@@ -28,7 +29,9 @@ def warnings(profile: Profile) -> Iterator[Finding]:
         tail = ref.rsplit("/", 1)[-1]
         untagged = ":" not in tail or tail.endswith(":latest")
         if untagged and "@" not in svc.image and not svc.image.startswith("localhost/"):
-            yield Finding(("services", name, "image"), "no pinned tag: `latest` changes under you (pin a version)")
+            yield Finding(
+                ("services", name, "image"), "no pinned tag: `latest` changes under you (pin a version)"
+            )
     used_secrets = {s for svc in profile.services.values() for s in svc.secrets.values()}
     for name in profile.secrets.keys() - used_secrets:
         yield Finding(("secrets", name), "declared but no service uses it")
@@ -64,16 +67,18 @@ def _references(profile: Profile) -> Iterator[Finding]:
             elif dep not in profile.services:
                 yield Finding(where, f"no service {dep!r} (services: {_names(profile.services)})")
             elif condition == "healthy" and profile.services[dep].health is None:
-                yield Finding(where, f"{dep!r} has no health probe, so it can never be `healthy` (use `started`)")
+                yield Finding(
+                    where, f"{dep!r} has no health probe, so it can never be `healthy` (use `started`)"
+                )
 
 
-def _probe_ports(profile: Profile) -> Iterator[Finding]:
+def _probe_ports(profile: Profile, published: dict[tuple[str, int], int]) -> Iterator[Finding]:
     for name, svc in profile.services.items():
         if svc.health is None or svc.health.kind == "exec":
             continue
         port: int = getattr(svc.health.probe, "port")  # noqa: B009 - every non-exec probe has one
         protocol = "udp" if svc.health.kind == "stun" else "tcp"
-        if not any(p.covers(port, protocol) for p in profile.pod.ports):
+        if (protocol, port) not in published:
             yield Finding(
                 ("services", name, "health", svc.health.kind, "port"),
                 f"{port}/{protocol} is not published in pod.ports (the agent probes host ports on"
@@ -83,19 +88,29 @@ def _probe_ports(profile: Profile) -> Iterator[Finding]:
             yield Finding(("services", name, "health", "timeout"), "timeout is longer than interval")
 
 
-def _port_clashes(profile: Profile) -> Iterator[Finding]:
+def _published_ports(profile: Profile) -> tuple[dict[tuple[str, int], int], list[Finding]]:
+    """(protocol, host port) -> index in pod.ports, and the entries that publish a port twice."""
     seen: dict[tuple[str, int], int] = {}
+    clashes: list[Finding] = []
     for i, spec in enumerate(profile.pod.ports):
         for port in range(spec.host[0], spec.host[1] + 1):
             key = (spec.protocol, port)
             if key in seen:
-                yield Finding(("pod", "ports", i), f"host port {port}/{spec.protocol} is already in pod.ports[{seen[key]}]")
+                clashes.append(
+                    Finding(
+                        ("pod", "ports", i),
+                        f"host port {port}/{spec.protocol} is already in pod.ports[{seen[key]}]",
+                    )
+                )
                 break
             seen[key] = i
+    return seen, clashes
 
 
 def _cycles(profile: Profile) -> Iterator[Finding]:
-    graph = {n: [d for d in s.depends_on if d in profile.services and d != n] for n, s in profile.services.items()}
+    graph = {
+        n: [d for d in s.depends_on if d in profile.services and d != n] for n, s in profile.services.items()
+    }
     state: dict[str, int] = {}  # 1 = on the current path, 2 = done
     reported: set[frozenset[str]] = set()
 
@@ -118,7 +133,7 @@ def _cycles(profile: Profile) -> Iterator[Finding]:
             yield from visit(node, [node])
 
 
-def _names(mapping: dict[str, object]) -> str:
+def _names(mapping: Mapping[str, object]) -> str:
     return ", ".join(sorted(mapping)) or "none"
 
 

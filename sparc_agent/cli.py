@@ -33,10 +33,18 @@ def _reports_errors(func: F) -> F:
 
 def _profile_options(func: F) -> F:
     func = click.option(
-        "-f", "overlays", multiple=True, metavar="OVERLAY", help="Overlay file merged over the profile (repeatable)."
+        "-f",
+        "overlays",
+        multiple=True,
+        metavar="OVERLAY",
+        help="Overlay file merged over the profile (repeatable).",
     )(func)
     func = click.option(
-        "--set", "sets", multiple=True, metavar="KEY=VALUE", help="Override one key, e.g. services.mas.env.X=1."
+        "--set",
+        "sets",
+        multiple=True,
+        metavar="KEY=VALUE",
+        help="Override one key, e.g. services.mas.env.X=1.",
     )(func)
     return click.argument("profile", type=click.Path(dir_okay=False))(func)
 

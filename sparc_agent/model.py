@@ -23,7 +23,9 @@ CONTROL = re.compile(r"[\x00-\x08\x0a-\x1f\x7f]")
 
 # distribution/reference grammar, simplified: [domain[:port]/]path[:tag][@digest]
 _COMPONENT = r"[a-z0-9]+(?:(?:[._]|__|-+)[a-z0-9]+)*"
-_DOMAIN = r"(?:[a-zA-Z0-9](?:[a-zA-Z0-9-]*[a-zA-Z0-9])?(?:\.[a-zA-Z0-9](?:[a-zA-Z0-9-]*[a-zA-Z0-9])?)*(?::[0-9]+)?)"
+_DOMAIN = (
+    r"(?:[a-zA-Z0-9](?:[a-zA-Z0-9-]*[a-zA-Z0-9])?(?:\.[a-zA-Z0-9](?:[a-zA-Z0-9-]*[a-zA-Z0-9])?)*(?::[0-9]+)?)"
+)
 IMAGE_REF = re.compile(
     rf"(?:{_DOMAIN}/)?{_COMPONENT}(?:/{_COMPONENT})*(?::(?P<tag>[\w][\w.-]{{0,127}}))?"
     r"(?:@[A-Za-z][A-Za-z0-9]*(?:[-_+.][A-Za-z][A-Za-z0-9]*)*:[0-9a-fA-F]{32,})?"
@@ -151,9 +153,6 @@ class PortSpec:
     container: tuple[int, int]
     protocol: Literal["tcp", "udp"]
 
-    def covers(self, port: int, protocol: str) -> bool:
-        return self.protocol == protocol and self.host[0] <= port <= self.host[1]
-
     @staticmethod
     def _range(text: str) -> tuple[int, int]:
         lo, dash, hi = text.partition("-")
@@ -201,7 +200,11 @@ class PortSpec:
         def span(r: tuple[int, int]) -> str:
             return str(r[0]) if r[0] == r[1] else f"{r[0]}-{r[1]}"
 
-        ip = "" if self.host_ip is None else (f"[{self.host_ip}]:" if ":" in self.host_ip else f"{self.host_ip}:")
+        ip = (
+            ""
+            if self.host_ip is None
+            else (f"[{self.host_ip}]:" if ":" in self.host_ip else f"{self.host_ip}:")
+        )
         return f"{ip}{span(self.host)}:{span(self.container)}/{self.protocol}"
 
 
@@ -233,7 +236,11 @@ def _host_path(value: Any) -> str:
     if any(c.isspace() or c in "\"'\\" for c in text):
         # podman's -v and quadlet's Volume= have no quoting for these
         raise ValueError(f"host path {text!r} must not contain blanks, quotes or backslashes")
-    return posixpath.normpath(text) if text.startswith("/") else "~" + posixpath.normpath(text[1:] or "/").rstrip("/")
+    return (
+        posixpath.normpath(text)
+        if text.startswith("/")
+        else "~" + posixpath.normpath(text[1:] or "/").rstrip("/")
+    )
 
 
 HostPath = Annotated[str, BeforeValidator(_host_path)]
@@ -351,7 +358,9 @@ def _argv(value: Any) -> tuple[str, ...]:
         try:
             items: list[Any] = shlex.split(_no_control(value))
         except ValueError as exc:
-            raise ValueError(f"cannot split command: {exc} (allowed: a list of strings, or a shell-quoted string)")
+            raise ValueError(
+                f"cannot split command: {exc} (allowed: a list of strings, or a shell-quoted string)"
+            ) from None
     elif isinstance(value, list | tuple):
         items = list(value)
     else:
@@ -495,9 +504,9 @@ class Service(Frozen):
     volumes: tuple[MountSpec, ...] = ()
     gpus: Annotated[str | int | tuple[str, ...], BeforeValidator(_gpus)] | None = None
     resources: Resources | None = None
-    depends_on: Annotated[
-        dict[ServiceName, Literal["started", "healthy"]], BeforeValidator(_depends_on)
-    ] = Field(default_factory=dict)
+    depends_on: Annotated[dict[ServiceName, Literal["started", "healthy"]], BeforeValidator(_depends_on)] = (
+        Field(default_factory=dict)
+    )
     health: Health | None = None
     restart: RestartPolicy = RestartPolicy()
 
@@ -519,7 +528,9 @@ class Profile(Frozen):
     api_version: Annotated[str, BeforeValidator(_api_version)] = Field(alias="apiVersion")
     name: StackName
     pod: Pod = Pod()
-    volumes: Annotated[dict[ObjectName, VolumeDecl], BeforeValidator(_no_null_decl)] = Field(default_factory=dict)
+    volumes: Annotated[dict[ObjectName, VolumeDecl], BeforeValidator(_no_null_decl)] = Field(
+        default_factory=dict
+    )
     secrets: dict[ObjectName, SecretDecl] = Field(default_factory=dict)
     services: Annotated[dict[ServiceName, Service], Field(min_length=1)]
 

@@ -168,7 +168,9 @@ def _clean_loc(loc: tuple[int | str, ...]) -> Path:
     # pydantic inserts validator names such as 'function-before[...]' into loc
     out: list[str | int] = []
     for part in loc:
-        if part == "[key]" or (isinstance(part, str) and part.startswith(("function-", "union[")) and "[" in part):
+        if part == "[key]" or (
+            isinstance(part, str) and part.startswith(("function-", "union[")) and "[" in part
+        ):
             continue
         out.append("apiVersion" if part == "api_version" else part)
     return tuple(out)

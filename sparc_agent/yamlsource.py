@@ -15,13 +15,19 @@ from typing import Any
 
 import yaml
 
-MAX_NODES = 10_000  # expanded values, aliases counted each time they are used
+# values that aliases may add on top of the document's own nodes (a "billion laughs"
+# bomb is small text that expands hugely; big honest documents are capped by size instead)
+MAX_ALIAS_VALUES = 10_000
 MAX_DEPTH = 100
 
 Path = tuple[str | int, ...]
 
+# libyaml's parser is ~9x faster; its nodes carry the same marks and resolved tags
+_LOADER: type[yaml.SafeLoader] = getattr(yaml, "CSafeLoader", yaml.SafeLoader)
+
 _TRUE_FALSE = {"true", "false"}
 _INT_TAG = "tag:yaml.org,2002:int"
+_STR_TAG = "tag:yaml.org,2002:str"
 _BOOL_TAG = "tag:yaml.org,2002:bool"
 _MERGE_TAG = "tag:yaml.org,2002:merge"
 
@@ -73,7 +79,7 @@ def load_yaml(text: str, filename: str) -> tuple[Any, SourceMap]:
     """Parse one YAML document into plain values and a source map."""
     _prescan(text, filename)
     try:
-        node = yaml.compose(text, Loader=yaml.SafeLoader)
+        node = yaml.compose(text, Loader=_LOADER)
     except yaml.YAMLError as exc:
         mark = getattr(exc, "problem_mark", None)
         line = mark.line + 1 if mark is not None else None
@@ -91,7 +97,7 @@ def _prescan(text: str, filename: str) -> None:
     """Refuse documents that nest too deep before PyYAML's recursive composer sees them."""
     depth = 0
     try:
-        for event in yaml.parse(text, Loader=yaml.SafeLoader):
+        for event in yaml.parse(text, Loader=_LOADER):
             if isinstance(event, yaml.CollectionStartEvent):
                 depth += 1
                 if depth > MAX_DEPTH:
@@ -113,6 +119,7 @@ class _Builder:
         self.filename = filename
         self.smap = smap
         self.count = 0
+        self.distinct: set[int] = set()
         self.scalars = yaml.SafeLoader("")  # only its scalar constructors are used
 
     def _loc(self, node: yaml.Node) -> Location:
@@ -120,9 +127,10 @@ class _Builder:
 
     def build(self, node: yaml.Node, path: Path, depth: int) -> Any:
         self.count += 1
-        if self.count > MAX_NODES:
+        self.distinct.add(id(node))
+        if self.count - len(self.distinct) > MAX_ALIAS_VALUES:
             raise YamlError(
-                self._loc(node), path, f"document expands to more than {MAX_NODES} values (alias bomb?)"
+                self._loc(node), path, f"aliases expand to more than {MAX_ALIAS_VALUES} values (alias bomb?)"
             )
         if depth > MAX_DEPTH:
             raise YamlError(self._loc(node), path, f"nesting deeper than {MAX_DEPTH} levels is refused")
@@ -131,18 +139,21 @@ class _Builder:
             return self._mapping(node, path, depth)
         if isinstance(node, yaml.SequenceNode):
             return [self.build(item, (*path, i), depth + 1) for i, item in enumerate(node.value)]
+        assert isinstance(node, yaml.ScalarNode)
         return self._scalar(node, path)
 
     def _scalar(self, node: yaml.ScalarNode, path: Path) -> Any:
+        if node.tag == _STR_TAG:
+            return node.value  # the common case, without the constructor's bookkeeping
         value = self.scalars.construct_object(node, deep=True)
         raw = str(node.value)
         if node.tag == _INT_TAG and ":" in raw:
             self.smap.surprises[path] = (
-                f"YAML 1.1 reads unquoted {raw} as the base-60 number {value}: quote it (\"{raw}\")"
+                f'YAML 1.1 reads unquoted {raw} as the base-60 number {value}: quote it ("{raw}")'
             )
         elif node.tag == _BOOL_TAG and raw.lower() not in _TRUE_FALSE:
             self.smap.surprises[path] = (
-                f"YAML 1.1 reads unquoted {raw} as the boolean {str(value).lower()}: quote it (\"{raw}\")"
+                f'YAML 1.1 reads unquoted {raw} as the boolean {str(value).lower()}: quote it ("{raw}")'
             )
         if isinstance(value, float) and not math.isfinite(value):
             return raw  # .inf/.nan are never meant as numbers in a profile
@@ -158,7 +169,7 @@ class _Builder:
                 continue
             if not isinstance(key_node, yaml.ScalarNode):
                 raise YamlError(self._loc(key_node), path, "mapping keys must be plain strings")
-            key = self.scalars.construct_object(key_node)
+            key = key_node.value if key_node.tag == _STR_TAG else self.scalars.construct_object(key_node)
             if not isinstance(key, str):
                 # keys like `yes:` or `8000:` are YAML 1.1 surprises, never meant
                 key = str(key_node.value)

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import re
 from pathlib import Path
 
 import pytest
@@ -22,7 +21,10 @@ pod:
 def ports(*specs: str) -> str:
     """A profile whose pod.ports line (marked) holds `specs`."""
     line = "  ports: [" + ", ".join(specs) + "]  #!\n"
-    return HEAD.replace('  ports: ["8000:8000", "127.0.0.1:3478:3478/udp"]\n', line) + "services: {web: {image: x}}\n"
+    return (
+        HEAD.replace('  ports: ["8000:8000", "127.0.0.1:3478:3478/udp"]\n', line)
+        + "services: {web: {image: x}}\n"
+    )
 
 
 def svc(body: str, extra: str = "") -> str:
@@ -32,62 +34,218 @@ def svc(body: str, extra: str = "") -> str:
 
 # (id, yaml, key path expected in the message, message fragment). `#!` marks the line the error must name.
 CASES: list[tuple[str, str, str, str]] = [
-    ("env-newline", svc('    env: {A: "x\\nExecStartPre=/bin/evil"}  #!\n'), "services.web.env.A", "control character"),
+    (
+        "env-newline",
+        svc('    env: {A: "x\\nExecStartPre=/bin/evil"}  #!\n'),
+        "services.web.env.A",
+        "control character",
+    ),
     ("env-nul", svc('    env: {A: "x\\0y"}  #!\n'), "services.web.env.A", "control character"),
     ("env-cr", svc('    env: {A: "x\\ry"}  #!\n'), "services.web.env.A", "control character"),
-    ("command-newline", svc('    command: ["sh", "-c", "a\\nb"]  #!\n'), "services.web.command", "control character"),
-    ("command-unbalanced-quote", svc("    command: \"sh -c 'oops\"  #!\n"), "services.web.command", "cannot split"),
-    ("command-lone-semicolon", svc('    command: ["sh", ";", "reboot"]  #!\n'), "services.web.command", "command separator"),
+    (
+        "command-newline",
+        svc('    command: ["sh", "-c", "a\\nb"]  #!\n'),
+        "services.web.command",
+        "control character",
+    ),
+    (
+        "command-unbalanced-quote",
+        svc('    command: "sh -c \'oops"  #!\n'),
+        "services.web.command",
+        "cannot split",
+    ),
+    (
+        "command-lone-semicolon",
+        svc('    command: ["sh", ";", "reboot"]  #!\n'),
+        "services.web.command",
+        "command separator",
+    ),
     ("command-empty", svc("    command: []  #!\n"), "services.web.command", "empty"),
-    ("image-newline", HEAD + 'services:\n  web:\n    image: "busybox\\nExecStart=/x"  #!\n', "services.web.image", "control"),
-    ("image-space", HEAD + 'services:\n  web:\n    image: "busy box"  #!\n', "services.web.image", "invalid image"),
-    ("image-specifier", HEAD + 'services:\n  web:\n    image: "busybox%h"  #!\n', "services.web.image", "invalid image"),
+    (
+        "image-newline",
+        HEAD + 'services:\n  web:\n    image: "busybox\\nExecStart=/x"  #!\n',
+        "services.web.image",
+        "control",
+    ),
+    (
+        "image-space",
+        HEAD + 'services:\n  web:\n    image: "busy box"  #!\n',
+        "services.web.image",
+        "invalid image",
+    ),
+    (
+        "image-specifier",
+        HEAD + 'services:\n  web:\n    image: "busybox%h"  #!\n',
+        "services.web.image",
+        "invalid image",
+    ),
     ("image-missing", HEAD + "services:\n  web:  #!\n    env: {}\n", "services.web.image", "required"),
     ("volume-newline", svc('    volumes: ["/data\\n:/x"]  #!\n'), "services.web.volumes[0]", "control"),
-    ("volume-relative", svc('    volumes: ["data/x:/x"]  #!\n'), "services.web.volumes[0]", "invalid volume name"),
+    (
+        "volume-relative",
+        svc('    volumes: ["data/x:/x"]  #!\n'),
+        "services.web.volumes[0]",
+        "invalid volume name",
+    ),
     ("volume-dotdot", svc('    volumes: ["/srv/../etc:/x"]  #!\n'), "services.web.volumes[0]", "'..'"),
     ("volume-undeclared", svc('    volumes: ["models:/x"]  #!\n'), "services.web.volumes[0]", "not declared"),
-    ("volume-bad-option", svc('    volumes: ["/srv:/x:rx"]  #!\n'), "services.web.volumes[0]", "invalid volume options"),
+    (
+        "volume-bad-option",
+        svc('    volumes: ["/srv:/x:rx"]  #!\n'),
+        "services.web.volumes[0]",
+        "invalid volume options",
+    ),
     ("volume-space", svc('    volumes: ["/my data:/x"]  #!\n'), "services.web.volumes[0]", "blank"),
-    ("stack-name-upper", HEAD.replace("name: demo", "name: Demo  #!") + "services: {web: {image: x}}\n", "name", "invalid stack name"),
-    ("stack-name-specifier", HEAD.replace("name: demo", 'name: "de%mo"  #!') + "services: {web: {image: x}}\n", "name", "invalid stack name"),
-    ("stack-name-long", HEAD.replace("name: demo", "name: " + "a" * 41 + "  #!") + "services: {web: {image: x}}\n", "name", "at most 40"),
-    ("service-name-underscore", HEAD + "services:\n  my_web:  #!\n    image: x\n", "services.my_web", "invalid service name"),
-    ("service-name-long", HEAD + "services:\n  " + "w" * 31 + ":  #!\n    image: x\n", "services." + "w" * 31, "at most 30"),
+    (
+        "stack-name-upper",
+        HEAD.replace("name: demo", "name: Demo  #!") + "services: {web: {image: x}}\n",
+        "name",
+        "invalid stack name",
+    ),
+    (
+        "stack-name-specifier",
+        HEAD.replace("name: demo", 'name: "de%mo"  #!') + "services: {web: {image: x}}\n",
+        "name",
+        "invalid stack name",
+    ),
+    (
+        "stack-name-long",
+        HEAD.replace("name: demo", "name: " + "a" * 41 + "  #!") + "services: {web: {image: x}}\n",
+        "name",
+        "at most 40",
+    ),
+    (
+        "service-name-underscore",
+        HEAD + "services:\n  my_web:  #!\n    image: x\n",
+        "services.my_web",
+        "invalid service name",
+    ),
+    (
+        "service-name-long",
+        HEAD + "services:\n  " + "w" * 31 + ":  #!\n    image: x\n",
+        "services." + "w" * 31,
+        "at most 30",
+    ),
     ("port-range-mismatch", ports('"1-3:1-2"'), "pod.ports[0]", "differ in length"),
-    ("port-sexagesimal", ports('1022:22'), "pod.ports[0]", "base-60"),
+    ("port-sexagesimal", ports("1022:22"), "pod.ports[0]", "base-60"),
     ("port-out-of-range", ports('"70000:80"'), "pod.ports[0]", "1-65535"),
     ("port-protocol", ports('"80:80/sctp"'), "pod.ports[0]", "protocol"),
     ("port-duplicate", ports('"8000:8000", "8000:9000"'), "pod.ports[1]", "already"),
     ("port-bad-ip", ports('"8000:8000", "1.2.3:3478:3478/udp"'), "pod.ports[1]", "host address"),
-    ("bind-not-ip", HEAD.replace("pod:\n", "pod:\n  bind: localhost  #!\n") + "services: {web: {image: x}}\n", "pod.bind", "IP address"),
-    ("cycle", HEAD + "services:\n  a: {image: x, depends_on: {b: started}}\n  b: {image: x, depends_on: {a: started}}  #!\n", "services.b.depends_on.a", "cycle: a -> b -> a"),
-    ("depends-unknown", svc("    depends_on: {nope: started}  #!\n"), "services.web.depends_on.nope", "no service"),
+    (
+        "bind-not-ip",
+        HEAD.replace("pod:\n", "pod:\n  bind: localhost  #!\n") + "services: {web: {image: x}}\n",
+        "pod.bind",
+        "IP address",
+    ),
+    (
+        "cycle",
+        HEAD
+        + "services:\n  a: {image: x, depends_on: {b: started}}\n  b: {image: x, depends_on: {a: started}}  #!\n",
+        "services.b.depends_on.a",
+        "cycle: a -> b -> a",
+    ),
+    (
+        "depends-unknown",
+        svc("    depends_on: {nope: started}  #!\n"),
+        "services.web.depends_on.nope",
+        "no service",
+    ),
     ("depends-self", svc("    depends_on: {web: started}  #!\n"), "services.web.depends_on.web", "itself"),
-    ("depends-bad-condition", svc("    depends_on: {web: ready}  #!\n"), "services.web.depends_on.web", "started or healthy"),
-    ("depends-healthy-no-probe", HEAD + "services:\n  db: {image: x}\n  web:\n    image: x\n    depends_on: {db: healthy}  #!\n", "services.web.depends_on.db", "no health probe"),
+    (
+        "depends-bad-condition",
+        svc("    depends_on: {web: ready}  #!\n"),
+        "services.web.depends_on.web",
+        "started or healthy",
+    ),
+    (
+        "depends-healthy-no-probe",
+        HEAD + "services:\n  db: {image: x}\n  web:\n    image: x\n    depends_on: {db: healthy}  #!\n",
+        "services.web.depends_on.db",
+        "no health probe",
+    ),
     ("secret-undeclared", svc("    secrets: {KEY: nope}  #!\n"), "services.web.secrets.KEY", "not declared"),
     ("secret-two-sources", svc("", "secrets:\n  k: {file: /x, env: Y}  #!\n"), "secrets.k", "exactly one"),
     ("secret-relative-file", svc("", "secrets:\n  k: {file: x.key}  #!\n"), "secrets.k.file", "absolute"),
-    ("probe-port-unpublished", svc("    health: {http: {port: 9000}}  #!\n"), "services.web.health.http.port", "not published"),
-    ("probe-stun-on-tcp", svc("    health: {stun: {port: 8000}}  #!\n"), "services.web.health.stun.port", "8000/udp"),
-    ("probe-two-kinds", svc("    health: {tcp: {port: 8000}, http: {port: 8000}}  #!\n"), "services.web.health", "exactly one probe"),
+    (
+        "probe-port-unpublished",
+        svc("    health: {http: {port: 9000}}  #!\n"),
+        "services.web.health.http.port",
+        "not published",
+    ),
+    (
+        "probe-stun-on-tcp",
+        svc("    health: {stun: {port: 8000}}  #!\n"),
+        "services.web.health.stun.port",
+        "8000/udp",
+    ),
+    (
+        "probe-two-kinds",
+        svc("    health: {tcp: {port: 8000}, http: {port: 8000}}  #!\n"),
+        "services.web.health",
+        "exactly one probe",
+    ),
     ("probe-none", svc("    health: {interval: 2s}  #!\n"), "services.web.health", "exactly one probe"),
-    ("probe-bad-status", svc('    health: {http: {port: 8000, status: "2xx"}}  #!\n'), "services.web.health.http.status", "invalid status"),
-    ("probe-unknown-key", svc("    health: {htp: {port: 8000}}  #!\n"), "services.web.health.htp", "did you mean 'http'"),
-    ("duration-number", svc("    health: {tcp: {port: 8000}, interval: 5}  #!\n"), "services.web.health.interval", "duration"),
-    ("duration-garbage", svc("    health: {tcp: {port: 8000}, timeout: 2 s}  #!\n"), "services.web.health.timeout", "invalid duration"),
+    (
+        "probe-bad-status",
+        svc('    health: {http: {port: 8000, status: "2xx"}}  #!\n'),
+        "services.web.health.http.status",
+        "invalid status",
+    ),
+    (
+        "probe-unknown-key",
+        svc("    health: {htp: {port: 8000}}  #!\n"),
+        "services.web.health.htp",
+        "did you mean 'http'",
+    ),
+    (
+        "duration-number",
+        svc("    health: {tcp: {port: 8000}, interval: 5}  #!\n"),
+        "services.web.health.interval",
+        "duration",
+    ),
+    (
+        "duration-garbage",
+        svc("    health: {tcp: {port: 8000}, timeout: 2 s}  #!\n"),
+        "services.web.health.timeout",
+        "invalid duration",
+    ),
     ("memory-bad", svc("    resources: {memory: 16q}  #!\n"), "services.web.resources.memory", "memory size"),
     ("cpus-zero", svc("    resources: {cpus: 0}  #!\n"), "services.web.resources.cpus", "greater than 0"),
     ("gpus-zero", svc("    gpus: 0  #!\n"), "services.web.gpus", "at least 1"),
-    ("env-bad-name", svc("    env: {BAD-NAME: x}  #!\n"), "services.web.env.BAD-NAME", "invalid variable name"),
+    (
+        "env-bad-name",
+        svc("    env: {BAD-NAME: x}  #!\n"),
+        "services.web.env.BAD-NAME",
+        "invalid variable name",
+    ),
     ("env-yaml11-bool", svc("    env: {DEBUG: yes}  #!\n"), "services.web.env.DEBUG", "quote it"),
     ("env-mapping", svc("    env: {A: {b: c}}  #!\n"), "services.web.env.A", "a mapping"),
-    ("restart-policy", svc("    restart: {policy: sometimes}  #!\n"), "services.web.restart.policy", "on-failure"),
-    ("restart-backoff-order", svc("    restart: {backoff: {initial: 5m, max: 1s}}  #!\n"), "services.web.restart.backoff", "longer than"),
-    ("unknown-top-key", svc("").replace("services:", "servics:  #!\n  x: 1\nservices:"), "servics", "did you mean 'services'"),
+    (
+        "restart-policy",
+        svc("    restart: {policy: sometimes}  #!\n"),
+        "services.web.restart.policy",
+        "on-failure",
+    ),
+    (
+        "restart-backoff-order",
+        svc("    restart: {backoff: {initial: 5m, max: 1s}}  #!\n"),
+        "services.web.restart.backoff",
+        "longer than",
+    ),
+    (
+        "unknown-top-key",
+        svc("").replace("services:", "servics:  #!\n  x: 1\nservices:"),
+        "servics",
+        "did you mean 'services'",
+    ),
     ("service-ports", svc('    ports: ["80:80"]  #!\n'), "services.web.ports", "use pod.ports"),
-    ("api-version", HEAD.replace("sparc-agent/v1", "sparc-agent/v9  #!") + "services: {web: {image: x}}\n", "apiVersion", "sparc-agent/v1"),
+    (
+        "api-version",
+        HEAD.replace("sparc-agent/v1", "sparc-agent/v9  #!") + "services: {web: {image: x}}\n",
+        "apiVersion",
+        "sparc-agent/v1",
+    ),
     ("duplicate-key", svc("    image: localhost/other:1  #!\n"), "services.web.image", "duplicate key"),
     ("not-a-mapping", "- just  #!\n- a list\n", "(document)", "mapping"),
     ("no-services", HEAD + "services: {}  #!\n", "services", "empty"),
@@ -110,7 +268,9 @@ def _expected_line(text: str) -> int | None:
     return None
 
 
-@pytest.mark.parametrize(("case_id", "text", "key", "fragment"), CASES + EXTRA, ids=[c[0] for c in CASES + EXTRA])
+@pytest.mark.parametrize(
+    ("case_id", "text", "key", "fragment"), CASES + EXTRA, ids=[c[0] for c in CASES + EXTRA]
+)
 def test_invalid_profile_is_refused_and_nothing_written(
     tmp_path: Path, case_id: str, text: str, key: str, fragment: str
 ) -> None:
@@ -119,7 +279,10 @@ def test_invalid_profile_is_refused_and_nothing_written(
     out = tmp_path / "out"
     runner = CliRunner()
 
-    for args in (["validate", str(profile)], ["render", str(profile), "--out", str(out), "--podman-version", "5.4"]):
+    for args in (
+        ["validate", str(profile)],
+        ["render", str(profile), "--out", str(out), "--podman-version", "5.4"],
+    ):
         result = runner.invoke(main, args)
         assert result.exit_code == 2, result.output
         assert "Traceback" not in result.output

@@ -80,7 +80,7 @@ def _expand(word: str) -> str:
         pair = word[i : i + 2]
         if pair in ("%%", "$$"):
             out, i = out + pair[0], i + 2
-        elif pair.startswith("%") and len(pair) == 2 or pair == "${":
+        elif (pair.startswith("%") and len(pair) == 2) or pair == "${":
             out, i = out + "<EXPANDED>", i + 2
         else:
             out, i = out + word[i], i + 1
@@ -136,9 +136,7 @@ def test_split_matches_systemd_quoting() -> None:
 
 # ---------------------------------------------------------------- property: accepted => generated cleanly
 
-_SAFE_CHARS = st.characters(
-    blacklist_categories=("Cs", "Cc"), blacklist_characters="\x7f\u2028\u2029\x85"
-)
+_SAFE_CHARS = st.characters(blacklist_categories=("Cs", "Cc"), blacklist_characters="\x7f\u2028\u2029\x85")
 # mostly the characters systemd and quadlet treat specially, some of anything else
 _word = st.text(st.sampled_from(list("$%{}\"'\\ ;=:hnN~ab")), min_size=1, max_size=12) | st.text(
     _SAFE_CHARS, min_size=1, max_size=12
@@ -154,7 +152,9 @@ def profiles(draw: Any) -> dict[str, Any]:
     volumes = draw(st.lists(_slug, max_size=2, unique=True))
     services: dict[str, Any] = {}
     for i, name in enumerate(names):
-        svc: dict[str, Any] = {"image": draw(st.sampled_from(["localhost/a:1", "docker.io/library/b", "r.io:5000/x/y:2.0"]))}
+        svc: dict[str, Any] = {
+            "image": draw(st.sampled_from(["localhost/a:1", "docker.io/library/b", "r.io:5000/x/y:2.0"]))
+        }
         if draw(st.booleans()):
             svc["command"] = draw(st.lists(_word, min_size=1, max_size=4))
         if draw(st.booleans()):
@@ -169,7 +169,11 @@ def profiles(draw: Any) -> dict[str, Any]:
             port = draw(st.sampled_from(ports))
             svc["health"] = draw(
                 st.sampled_from(
-                    [{"tcp": {"port": port}}, {"http": {"port": port, "path": "/h%x"}}, {"exec": {"command": ["true"]}}]
+                    [
+                        {"tcp": {"port": port}},
+                        {"http": {"port": port, "path": "/h%x"}},
+                        {"exec": {"command": ["true"]}},
+                    ]
                 )
             )
         if i and draw(st.booleans()):
@@ -207,7 +211,22 @@ def test_accepted_profiles_generate_and_values_arrive_literally(
         assert svc.image in words
 
 
-NASTY = ["${HOME}", "$HOME", "$$", "%h", "%%", "100%", 'say "hi"', "it's", "back\\slash", "\\n", " pad ", "a;b", "{}", "~"]
+NASTY = [
+    "${HOME}",
+    "$HOME",
+    "$$",
+    "%h",
+    "%%",
+    "100%",
+    'say "hi"',
+    "it's",
+    "back\\slash",
+    "\\n",
+    " pad ",
+    "a;b",
+    "{}",
+    "~",
+]
 
 
 @pytest.mark.parametrize("podman", ["4.4", "5.4"])
@@ -215,7 +234,13 @@ def test_nasty_values_arrive_literally(podman: str, tmp_path: Path) -> None:
     doc = {
         "apiVersion": "sparc-agent/v1",
         "name": "nasty",
-        "services": {"a": {"image": "localhost/a:1", "env": {f"V{i}": v for i, v in enumerate(NASTY)}, "command": NASTY}},
+        "services": {
+            "a": {
+                "image": "localhost/a:1",
+                "env": {f"V{i}": v for i, v in enumerate(NASTY)},
+                "command": NASTY,
+            }
+        },
     }
     path = tmp_path / "p.yaml"
     path.write_text(yaml.safe_dump(doc))

@@ -35,7 +35,9 @@ def test_golden(example: str, podman: str, update_golden: bool) -> None:
             (root / rel).parent.mkdir(parents=True, exist_ok=True)
             (root / rel).write_text(text)
     expected = {str(p.relative_to(root)): p.read_text() for p in root.rglob("*") if p.is_file()}
-    assert sorted(files) == sorted(expected), "file set differs: run pytest --update-golden and review the diff"
+    assert sorted(files) == sorted(expected), (
+        "file set differs: run pytest --update-golden and review the diff"
+    )
     for rel, text in files.items():
         assert text == expected[rel], f"{rel} differs: run pytest --update-golden and review the diff"
 
@@ -58,7 +60,7 @@ def test_header_hash_covers_only_its_own_file(tmp_path: Path) -> None:
     """Changing one service's env changes that service's file and nothing else (no needless restarts)."""
     src = (ROOT / "examples" / "sparc-avatar.yaml").read_text()
     changed = tmp_path / "p.yaml"
-    changed.write_text(src.replace('PUBLIC_HOST: localhost', 'PUBLIC_HOST: example.org'))
+    changed.write_text(src.replace("PUBLIC_HOST: localhost", "PUBLIC_HOST: example.org"))
     before = _rendered("sparc-avatar", "5.4")
     after = render(load_profile(str(changed)).profile, Target.for_podman("5.4"))
     differing = [k for k in before if before[k] != after[k]]
@@ -70,9 +72,11 @@ def test_podman_versions_differ_where_they_should() -> None:
     assert "containers/systemd/sparc-avatar.pod" in new and "systemd/user/sparc-avatar-pod.service" in old
     assert "ExecStartPre=-/bin/rm -f %t/%N.cid" in old["containers/systemd/sparc-avatar-mas.container"]
     assert "%N.cid" not in new["containers/systemd/sparc-avatar-mas.container"]
-    assert "Secret=sparc-avatar-openai-api-key,type=env,target=OPENAI_API_KEY" in new[
-        "containers/systemd/sparc-avatar-mas.container"
-    ]
-    assert '"--secret=sparc-avatar-openai-api-key,type=env,target=OPENAI_API_KEY"' in old[
-        "containers/systemd/sparc-avatar-mas.container"
-    ]
+    assert (
+        "Secret=sparc-avatar-openai-api-key,type=env,target=OPENAI_API_KEY"
+        in new["containers/systemd/sparc-avatar-mas.container"]
+    )
+    assert (
+        '"--secret=sparc-avatar-openai-api-key,type=env,target=OPENAI_API_KEY"'
+        in old["containers/systemd/sparc-avatar-mas.container"]
+    )

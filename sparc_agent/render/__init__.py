@@ -18,7 +18,13 @@ from ..checks import start_order
 from ..errors import InvalidInput
 from ..model import Mount, Profile, Service
 from .escape import unit_value, unit_word, unit_words
-from .versions import PODMAN_DELETES_ID_FILES, PODMAN_VOLUME_CREATE_IGNORE, SYSTEMD_RESTART_STEPS, Target, Version
+from .versions import (
+    PODMAN_DELETES_ID_FILES,
+    PODMAN_VOLUME_CREATE_IGNORE,
+    SYSTEMD_RESTART_STEPS,
+    Target,
+    Version,
+)
 
 QUADLET_DIR = "containers/systemd"
 UNIT_DIR = "systemd/user"
@@ -173,17 +179,23 @@ def render(profile: Profile, target: Target) -> dict[str, str]:
     return dict(sorted(files.items()))
 
 
-def render_agent_unit(exec_start: tuple[str, ...] = ("%h/.local/bin/sparc-agent", "run"), watchdog: float = 30) -> str:
-    body = _environment().get_template("units/sparc-agent.service.j2").render(
-        exec_start=exec_start, watchdog=seconds(watchdog)
+def render_agent_unit(
+    exec_start: tuple[str, ...] = ("%h/.local/bin/sparc-agent", "run"), watchdog: float = 30
+) -> str:
+    body = (
+        _environment()
+        .get_template("units/sparc-agent.service.j2")
+        .render(exec_start=exec_start, watchdog=seconds(watchdog))
     )
     return header("sparc-agent", body) + body
 
 
 def _publish(spec: str, ip: str, explicit_ip: str | None) -> str:
-    # PublishPort= takes podman's syntax: IPv6 in brackets, always an address (never all interfaces by default)
+    # PublishPort= takes podman's syntax: IPv6 in brackets, and always an address (never all interfaces)
     host_ip = f"[{ip}]" if ":" in ip else ip
-    without_ip = spec.split("]:", 1)[1] if spec.startswith("[") else (spec.split(":", 1)[1] if explicit_ip else spec)
+    without_ip = (
+        spec.split("]:", 1)[1] if spec.startswith("[") else (spec.split(":", 1)[1] if explicit_ip else spec)
+    )
     return f"{host_ip}:{without_ip}"
 
 
@@ -224,7 +236,11 @@ def _container(
     steps = None
     if target.systemd >= SYSTEMD_RESTART_STEPS and policy.backoff.max > policy.backoff.initial:
         ratio = policy.backoff.max / max(policy.backoff.initial, 0.001)
-        steps = max(1, math.ceil(math.log(ratio, policy.backoff.multiplier))) if policy.backoff.multiplier > 1 else None
+        steps = (
+            max(1, math.ceil(math.log(ratio, policy.backoff.multiplier)))
+            if policy.backoff.multiplier > 1
+            else None
+        )
     return _template(
         "quadlets/container.container.j2",
         profile.name,
@@ -276,4 +292,13 @@ def _gpu_devices(gpus: str | int | tuple[str, ...] | None) -> list[str]:
     return [f"nvidia.com/gpu={g}" for g in gpus]
 
 
-__all__ = ["HEADER_MARK", "Names", "RenderError", "Target", "Version", "is_ours", "render", "render_agent_unit"]
+__all__ = [
+    "HEADER_MARK",
+    "Names",
+    "RenderError",
+    "Target",
+    "Version",
+    "is_ours",
+    "render",
+    "render_agent_unit",
+]

@@ -1,0 +1,84 @@
+"""Project-level checks: lint, types, packaging, and README <-> CI agreement."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+import zipfile
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parent.parent
+BIN = Path(sys.executable).parent
+
+
+def _run(*argv: str, cwd: Path = ROOT, timeout: float = 300, env: dict[str, str] | None = None) -> str:
+    done = subprocess.run(argv, cwd=cwd, capture_output=True, text=True, timeout=timeout, env=env)
+    assert done.returncode == 0, done.stdout + done.stderr
+    return done.stdout
+
+
+@pytest.mark.unit
+def test_ruff_clean() -> None:
+    _run(str(BIN / "ruff"), "check", ".")
+
+
+@pytest.mark.unit
+def test_mypy_strict_clean() -> None:
+    _run(str(BIN / "mypy"))
+
+
+@pytest.mark.unit
+def test_ci_runs_the_readme_test_command() -> None:
+    readme = (ROOT / "README.md").read_text()
+    marker = "<!-- test-command -->"
+    assert marker in readme
+    command = readme.split(marker, 1)[1].split("```", 2)[1].strip().splitlines()[-1].strip()
+    ci_lines = [line.strip() for line in (ROOT / ".ci/run").read_text().splitlines() if line.strip()]
+    assert ci_lines[-1] == command
+
+
+@pytest.mark.slow
+def test_wheel_ships_templates_and_every_package(tmp_path: Path) -> None:
+    _run(
+        sys.executable,
+        "-m",
+        "pip",
+        "wheel",
+        "--no-deps",
+        "--no-build-isolation",
+        "-q",
+        "-w",
+        str(tmp_path),
+        ".",
+    )
+    (wheel,) = tmp_path.glob("sparc_agent-*.whl")
+    names = zipfile.ZipFile(wheel).namelist()
+    for template in [*ROOT.glob("quadlets/*.j2"), *ROOT.glob("units/*.j2")]:
+        assert f"sparc_agent/{template.parent.name}/{template.name}" in names
+    for init in (ROOT / "sparc_agent").rglob("__init__.py"):
+        assert str(init.relative_to(ROOT)) in names, f"{init.parent} is missing from pyproject's packages"
+    # render from the unpacked wheel, outside the checkout: templates come from the package, not the tree
+    site = tmp_path / "site"
+    zipfile.ZipFile(wheel).extractall(site)
+    code = (
+        "import sparc_agent, sys; assert sparc_agent.__file__.startswith(sys.argv.pop(1)), sparc_agent.__file__;"
+        "from sparc_agent.cli import main; main()"
+    )
+    out = _run(
+        sys.executable,
+        "-c",
+        code,
+        str(site),
+        "render",
+        str(ROOT / "examples/sparc-avatar.yaml"),
+        "--out",
+        "-",
+        "--podman-version",
+        "5.4",
+        cwd=tmp_path,
+        env={**os.environ, "PYTHONPATH": str(site)},
+    )
+    assert "# --- containers/systemd/sparc-avatar.pod" in out
