@@ -64,8 +64,10 @@ def test_wheel_ships_templates_and_every_package(tmp_path: Path) -> None:
     site = tmp_path / "site"
     zipfile.ZipFile(wheel).extractall(site)
     code = (
-        "import sparc_agent, sys; assert sparc_agent.__file__.startswith(sys.argv.pop(1)), sparc_agent.__file__;"
-        "from sparc_agent.cli import main; main()"
+        "import sparc_agent, sys\n"
+        "assert sparc_agent.__file__.startswith(sys.argv.pop(1)), sparc_agent.__file__\n"
+        "from sparc_agent.cli import main\n"
+        "main()"
     )
     out = _run(
         sys.executable,
