@@ -41,7 +41,9 @@ QUADLET_SINCE = {
     "LogDriver": Version(4, 5),
     "PidsLimit": Version(4, 7),
     "VolumeName": Version(4, 8),
-    ".pod": Version(5, 0),
+    # .pod files arrived in 5.0, but only 5.1's StartWithPod= stops a pod from starting every
+    # container at once, which would defeat `depends_on: healthy`; before that, a pod unit of our own
+    ".pod": Version(5, 1),
 }
 # podman (runtime) behaviour the files must work around
 PODMAN_DELETES_ID_FILES = Version(5, 0)  # older podman leaves %t/%N.cid behind: restarts fail
