@@ -84,8 +84,6 @@ def _probe_ports(profile: Profile, published: dict[tuple[str, int], int]) -> Ite
                 f"{port}/{protocol} is not published in pod.ports (the agent probes host ports on"
                 f" 127.0.0.1; publish it, or use an exec probe)",
             )
-        if svc.health.timeout > svc.health.interval:
-            yield Finding(("services", name, "health", "timeout"), "timeout is longer than interval")
 
 
 def _published_ports(profile: Profile) -> tuple[dict[tuple[str, int], int], list[Finding]]:

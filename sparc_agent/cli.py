@@ -118,5 +118,87 @@ def render(
     click.echo(f"wrote {len(files)} files for podman {target.podman} (quadlet {target.quadlet}) under {root}")
 
 
+@main.command()
+@_profile_options
+@click.option("--dry-run", is_flag=True, help="Show what would change, change nothing.")
+@click.option("--no-wait", is_flag=True, help="Fail instead of waiting when another apply holds the lock.")
+@_reports_errors
+def apply(
+    profile: str, overlays: tuple[str, ...], sets: tuple[str, ...], dry_run: bool, no_wait: bool
+) -> None:
+    """Apply PROFILE: write its units, start the stack in order, check health, roll back on failure.
+
+    Exit 0 applied and healthy; 1 applied but a service failed (rolled back); 2 invalid input;
+    3 environment problem (no user manager, podman missing, image unavailable, another apply running).
+    """
+    from .apply import ApplyFailed, ApplyOptions
+    from .apply import apply as run_apply
+
+    loaded = _load(profile, overlays, sets)
+    report = run_apply(loaded, ApplyOptions(dry_run=dry_run, wait_for_lock=not no_wait))
+    if dry_run:
+        click.echo(report.diff or f"{loaded.profile.name}: no changes", nl=not report.diff)
+        return
+    result = report.result
+    assert result is not None
+    if result.failed is not None:
+        where = (
+            f"rolled back to generation {report.rolled_back_to}"
+            if report.rolled_back_to
+            else "no healthy generation to roll back to; left as applied"
+        )
+        raise ApplyFailed(
+            f"{report.stack}: generation {report.generation} failed: service {result.failed}:"
+            f" {result.reason}\n{where}"
+        )
+    total = len(result.services)
+    click.echo(
+        f"{report.stack}: generation {report.generation} applied, {total}/{total} services healthy"
+        f" ({result.count('started')} started, {result.count('restarted')} restarted,"
+        f" {result.count('unchanged')} unchanged; {result.files_written} files written,"
+        f" {result.files_removed} removed) in {report.seconds:.1f} s"
+    )
+
+
+@main.command()
+@_profile_options
+@_reports_errors
+def diff(profile: str, overlays: tuple[str, ...], sets: tuple[str, ...]) -> None:
+    """Show the file changes `apply` would make (a unified diff), changing nothing."""
+    from .apply import ApplyOptions
+    from .apply import apply as run_apply
+
+    loaded = _load(profile, overlays, sets)
+    report = run_apply(loaded, ApplyOptions(dry_run=True))
+    click.echo(report.diff or f"{loaded.profile.name}: no changes", nl=not report.diff)
+
+
+@main.command()
+@click.argument("name")
+@click.option("--json", "as_json", is_flag=True, help="Machine-readable output.")
+@_reports_errors
+def status(name: str, as_json: bool) -> None:
+    """Per service of stack NAME: unit state, health probe now, restarts, since when."""
+    import json
+
+    from .stack import format_status
+    from .stack import status as stack_status
+
+    report = stack_status(name)
+    click.echo(json.dumps(report, indent=2) if as_json else format_status(report))
+
+
+@main.command()
+@click.argument("name")
+@click.option("--purge", is_flag=True, help="Also remove the stack's unit files and podman secrets.")
+@_reports_errors
+def down(name: str, purge: bool) -> None:
+    """Stop stack NAME (its files stay, so `systemctl --user start NAME.target` brings it back)."""
+    from .stack import down as stack_down
+
+    stopped = stack_down(name, purge)
+    click.echo(f"{name}: stopped {len(stopped)} units" + (", removed its files and secrets" if purge else ""))
+
+
 if __name__ == "__main__":
     main()

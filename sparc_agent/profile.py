@@ -48,6 +48,7 @@ class ProfileInvalid(InvalidInput):
 @dataclass(frozen=True)
 class LoadedProfile:
     profile: Profile
+    document: Any  # the merged YAML document the profile was validated from
     sources: SourceMap
     warnings: tuple[Problem, ...]
     files: tuple[str, ...]
@@ -92,7 +93,7 @@ def load_profile(path: str, overlays: Sequence[str] = (), sets: Sequence[str] = 
     if problems:
         raise ProfileInvalid(sorted(problems, key=_by_line))
     warnings = tuple(Problem(smap.locate(f.path), f.path, f.message) for f in checks.warnings(profile))
-    return LoadedProfile(profile, smap, warnings, (path, *overlays))
+    return LoadedProfile(profile, doc, smap, warnings, (path, *overlays))
 
 
 def _meant(path: Path) -> bool:

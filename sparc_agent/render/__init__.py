@@ -48,6 +48,27 @@ def is_ours(text: str) -> bool:
     return text.startswith(HEADER_MARK)
 
 
+def owner(text: str) -> str | None:
+    """The stack a generated file belongs to (from its header), or None for anyone else's file."""
+    if not is_ours(text):
+        return None
+    for line in text.splitlines()[:3]:
+        if line.startswith("# sparc-agent: stack="):
+            return line.split("stack=", 1)[1].split()[0]
+    return None
+
+
+def unit_of(rel: str) -> str:
+    """The systemd unit a generated file becomes (quadlet's naming rules)."""
+    name = rel.rsplit("/", 1)[-1]
+    stem, _, suffix = name.rpartition(".")
+    return {
+        "container": f"{stem}.service",
+        "pod": f"{stem}-pod.service",
+        "volume": f"{stem}-volume.service",
+    }.get(suffix, name)
+
+
 @cache
 def _environment() -> jinja2.Environment:
     def load(name: str) -> str:

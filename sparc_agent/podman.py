@@ -1,0 +1,98 @@
+"""The few podman commands apply needs that quadlet does not run: images and secrets."""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import hmac
+import os
+import shutil
+import subprocess
+import sys
+from collections.abc import Iterable
+from pathlib import Path
+
+from .errors import EnvironmentProblem, InvalidInput
+
+
+class ImageUnavailable(EnvironmentProblem):
+    """An image is neither present nor pullable; nothing was changed."""
+
+
+def podman_path() -> str:
+    path = shutil.which("podman")
+    if path is None:
+        raise EnvironmentProblem("podman is not installed (or not on PATH): install podman >= 4.4")
+    return path
+
+
+def _run(*args: str, stdin: bytes | None = None, timeout: float = 120) -> subprocess.CompletedProcess[bytes]:
+    argv = [podman_path(), *args]
+    return subprocess.run(argv, input=stdin, capture_output=True, timeout=timeout, check=False)
+
+
+def image_present(image: str) -> bool:
+    return _run("image", "exists", image).returncode == 0
+
+
+async def pull_missing(images: Iterable[str], log: object = sys.stderr) -> list[str]:
+    """Pull every image not present, one at a time, with podman's progress on stderr.
+
+    Done before any unit starts: a 20 GB image must not eat a unit's start timeout.
+    """
+    missing = [image for image in dict.fromkeys(images) if not image_present(image)]
+    for image in missing:
+        print(f"pulling {image} (not present locally)...", file=sys.stderr, flush=True)
+        proc = await asyncio.create_subprocess_exec(
+            podman_path(), "pull", image, stdout=asyncio.subprocess.DEVNULL, stderr=asyncio.subprocess.PIPE
+        )
+        last = ""
+        assert proc.stderr is not None
+        async for raw in proc.stderr:
+            line = raw.decode(errors="replace").rstrip()
+            if line:
+                last = line
+                print(f"  {image}: {line}", file=sys.stderr, flush=True)
+        if await proc.wait() != 0:
+            raise ImageUnavailable(f"cannot pull image {image}: {last or 'podman pull failed'}")
+    return missing
+
+
+# ---------------------------------------------------------------- secrets
+
+
+def secret_value(name: str, file: str | None, env_var: str | None) -> bytes:
+    """The secret's bytes, from its file or the applying user's environment. Never logged."""
+    if file is not None:
+        path = Path(file).expanduser()
+        try:
+            return path.read_bytes()
+        except OSError as exc:
+            raise InvalidInput(f"secrets.{name}.file: cannot read {path}: {exc.strerror}") from None
+    assert env_var is not None
+    value = os.environ.get(env_var)
+    if value is None:
+        raise InvalidInput(f"secrets.{name}.env: ${env_var} is not set in the environment of this command")
+    return value.encode()
+
+
+def fingerprint(salt: bytes, value: bytes) -> str:
+    """A keyed hash, so the state directory reveals nothing about a short secret."""
+    return hmac.new(salt, value, hashlib.sha256).hexdigest()
+
+
+def secret_exists(name: str) -> bool:
+    return _run("secret", "inspect", name).returncode == 0
+
+
+def put_secret(name: str, value: bytes) -> None:
+    """(Re)create podman secret `name` from stdin: the value never appears in argv."""
+    if secret_exists(name):
+        _run("secret", "rm", name)
+    done = _run("secret", "create", name, "-", stdin=value)
+    if done.returncode != 0:
+        raise EnvironmentProblem(f"podman secret create {name} failed: {done.stderr.decode().strip()}")
+
+
+def remove_secret(name: str) -> None:
+    _run("secret", "rm", name)

@@ -1,0 +1,134 @@
+"""Operations on an applied stack by name: status and down. Reads the recorded generation."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import datetime as dt
+from dataclasses import asdict, dataclass
+from typing import Any
+
+from . import commit, podman
+from .errors import InvalidInput, SparcError
+from .generations import Generation, Store
+from .health import probe_once
+from .model import Profile
+from .paths import Paths
+from .profile import load_profile
+from .render import Names, unit_of
+from .systemd import UserManager
+
+
+def current_generation(stack: str, paths: Paths | None = None) -> tuple[Store, Generation, Profile]:
+    store = Store((paths or Paths.from_env()).stack_state(stack))
+    generation = store.current()
+    if generation is None:
+        raise InvalidInput(f"no stack {stack!r} has been applied by this user (nothing under {store.root})")
+    return store, generation, load_profile(str(generation.profile_path)).profile
+
+
+@dataclass
+class ServiceStatus:
+    service: str
+    unit: str
+    state: str  # active/running, failed/failed, ...
+    container: str
+    health: str  # ok, failed: ..., error: ..., no probe, not running
+    probe_ms: float | None
+    restarts: int
+    since: str
+
+
+async def _status(stack: str) -> dict[str, Any]:
+    _, generation, profile = current_generation(stack)
+    names = Names(profile.name)
+    rows: list[ServiceStatus] = []
+    async with await UserManager.connect() as mgr:
+
+        async def one(name: str) -> ServiceStatus:
+            unit = names.service_unit(name)
+            state = await mgr.unit_state(unit)
+            health, latency = "no probe", None
+            svc = profile.services[name]
+            if not state.is_active:
+                health = "not running"
+            elif svc.health is not None:
+                result = await probe_once(svc.health, names.container(name))
+                health = "ok" if result.ok else f"{result.outcome.value}: {result.detail}"
+                latency = round(result.latency_s * 1000, 1)
+            since = (
+                dt.datetime.fromtimestamp(state.active_enter_timestamp / 1e6, dt.UTC).isoformat(
+                    timespec="seconds"
+                )
+                if state.active_enter_timestamp
+                else ""
+            )
+            return ServiceStatus(
+                name,
+                unit,
+                f"{state.active_state}/{state.sub_state}",
+                names.container(name),
+                health,
+                latency,
+                state.n_restarts,
+                since,
+            )
+
+        rows = list(await asyncio.gather(*(one(n) for n in profile.services)))
+    return {
+        "stack": stack,
+        "generation": generation.number,
+        "applied": generation.meta.get("created"),
+        "status": generation.meta.get("status"),
+        "services": [asdict(r) for r in rows],
+    }
+
+
+def status(stack: str) -> dict[str, Any]:
+    return asyncio.run(_status(stack))
+
+
+def format_status(report: dict[str, Any]) -> str:
+    header = f"{report['stack']}: generation {report['generation']} ({report['status']}, applied {report['applied']})"
+    rows = [("SERVICE", "STATE", "HEALTH", "RESTARTS", "SINCE")]
+    for s in report["services"]:
+        health = s["health"] + (f" ({s['probe_ms']} ms)" if s["probe_ms"] is not None else "")
+        rows.append((s["service"], s["state"], health, str(s["restarts"]), s["since"]))
+    widths = [max(len(r[i]) for r in rows) for i in range(4)]
+    lines = ["  ".join(c.ljust(w) for c, w in zip(r[:4], widths, strict=True)) + "  " + r[4] for r in rows]
+    healthy = sum(
+        1 for s in report["services"] if s["health"] in ("ok", "no probe") and s["state"].startswith("active")
+    )
+    return "\n".join([header, *lines, f"{healthy}/{len(report['services'])} healthy"])
+
+
+async def _down(stack: str, purge: bool) -> list[str]:
+    store, generation, profile = current_generation(stack)
+    paths = Paths.from_env()
+    names = Names(profile.name)
+    stopped: list[str] = []
+    async with await UserManager.connect() as mgr:
+        units = [
+            names.target,
+            *(names.service_unit(s) for s in reversed(list(profile.services))),
+            names.pod_unit,
+        ]
+        for unit in units:
+            with contextlib.suppress(SparcError):
+                await mgr.stop(unit)
+                stopped.append(unit)
+        if purge:
+            commit.recover(store.journal, paths.config_home)
+            files = list(generation.files)
+            commit.commit(paths.config_home, {}, files, store.journal)
+            await mgr.reload()
+            for rel in files:
+                with contextlib.suppress(SparcError):
+                    await mgr.reset_failed(unit_of(rel))
+            for secret in profile.secrets:
+                podman.remove_secret(names.secret(secret))
+    return stopped
+
+
+def down(stack: str, purge: bool = False) -> list[str]:
+    return asyncio.run(_down(stack, purge))
