@@ -15,7 +15,7 @@ SPARC_AGENT = [sys.executable, "-m", "sparc_agent.cli"]
 
 
 def avatar_profile(mgr: UserManager, tmp: Path, **service_overrides: dict[str, Any]) -> dict[str, Any]:
-    """examples/sparc-avatar.yaml with this test's stack name and free host ports (container ports as before)."""
+    """examples/sparc-avatar.yaml with this test's stack name and free host ports."""
     ports = {"mas": free_port(), "sig": free_port(), "riva": free_port(), "turn": free_port("udp")}
     key = tmp / "openai.key"
     key.write_text("sk-test-not-a-real-key\n")
