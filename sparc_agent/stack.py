@@ -89,9 +89,8 @@ def status(stack: str) -> dict[str, Any]:
 
 
 def format_status(report: dict[str, Any]) -> str:
-    header = (
-        f"{report['stack']}: generation {report['generation']} ({report['status']}, applied {report['applied']})"
-    )
+    gen = f"generation {report['generation']} ({report['status']}, applied {report['applied']})"
+    header = f"{report['stack']}: {gen}"
     rows = [("SERVICE", "STATE", "HEALTH", "RESTARTS", "SINCE")]
     for s in report["services"]:
         health = s["health"] + (f" ({s['probe_ms']} ms)" if s["probe_ms"] is not None else "")
