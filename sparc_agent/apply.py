@@ -350,10 +350,10 @@ def _secret_updates(
 def apply(
     loaded: LoadedProfile, options: ApplyOptions = ApplyOptions(), log: TextIO = sys.stderr
 ) -> ApplyReport:
-    return asyncio.run(_apply(loaded, options, log))
+    return asyncio.run(apply_async(loaded, options, log))
 
 
-async def _apply(loaded: LoadedProfile, options: ApplyOptions, log: TextIO) -> ApplyReport:
+async def apply_async(loaded: LoadedProfile, options: ApplyOptions, log: TextIO) -> ApplyReport:
     t0 = time.monotonic()
     profile = loaded.profile
     paths = Paths.from_env()
