@@ -28,6 +28,7 @@ from .generations import Generation, Store
 from .health import APPLY_POLL_S, probe_once, start_budget
 from .hostinfo import detect
 from .model import Profile
+from .noop import probe_plan
 from .paths import Paths
 from .probes import ProbeOutcome
 from .profile import LoadedProfile, load_profile
@@ -312,6 +313,7 @@ class ApplyOptions:
     dry_run: bool = False
     wait_for_lock: bool = True
     target: Target | None = None  # default: what this host runs
+    input_key: str | None = None  # noop.input_key() of the command line, recorded for the fast path
 
 
 @dataclass
@@ -339,10 +341,11 @@ def _secret_updates(
     fingerprints: dict[str, str] = {}
     changed: dict[str, bytes] = {}
     before = current.secrets if current else {}
+    absent = podman.missing_secrets(names.secret(n) for n in profile.secrets)
     for name, decl in profile.secrets.items():
         value = podman.secret_value(name, decl.file, decl.env)
         fingerprints[name] = podman.fingerprint(salt, value)
-        if before.get(name) != fingerprints[name] or not podman.secret_exists(names.secret(name)):
+        if before.get(name) != fingerprints[name] or names.secret(name) in absent:
             changed[name] = value
     return fingerprints, changed
 
@@ -378,6 +381,8 @@ async def apply_async(loaded: LoadedProfile, options: ApplyOptions, log: TextIO)
                 podman.put_secret(names.secret(name), value)
             meta = {
                 "status": "applying",
+                "input_key": options.input_key,
+                "plan": runtime_plan(profile),
                 "digest": loaded.digest,
                 "sources": list(loaded.files),
                 "target": {
@@ -419,6 +424,26 @@ async def apply_async(loaded: LoadedProfile, options: ApplyOptions, log: TextIO)
                     report.rolled_back_to = previous.number
     report.seconds = time.monotonic() - t0
     return report
+
+
+def runtime_plan(profile: Profile) -> dict[str, object]:
+    """What noop.try_noop needs to check a stack without the model (see sparc_agent/noop.py)."""
+    names = Names(profile.name)
+    services = []
+    for name in start_order(profile):
+        health = profile.services[name].health
+        services.append(
+            {
+                "name": name,
+                "unit": names.service_unit(name),
+                "container": names.container(name),
+                "probe": probe_plan(health.kind, health.probe.model_dump(mode="json"), health.timeout)
+                if health
+                else None,
+            }
+        )
+    sources = {n: {"file": d.file} if d.file else {"env": d.env} for n, d in profile.secrets.items()}
+    return {"services": services, "secret_sources": sources}
 
 
 def _previous(store: Store, failed: Generation) -> Generation | None:

@@ -6,13 +6,15 @@ import sys
 from collections.abc import Callable, Sequence
 from functools import wraps
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import TYPE_CHECKING, Any, TypeVar
 
 import click
 
 from . import __version__
 from .errors import InvalidInput, SparcError
-from .profile import LoadedProfile, load_profile
+
+if TYPE_CHECKING:  # the model pulls in pydantic (~0.3 s): only commands that need it import it
+    from .profile import LoadedProfile
 
 F = TypeVar("F", bound=Callable[..., Any])
 
@@ -50,6 +52,8 @@ def _profile_options(func: F) -> F:
 
 
 def _load(profile: str, overlays: Sequence[str], sets: Sequence[str]) -> LoadedProfile:
+    from .profile import load_profile
+
     loaded = load_profile(profile, overlays, sets)
     for warning in loaded.warnings:
         click.echo(f"{warning.location}: {_key(warning.path)}: warning: {warning.message}", err=True)
@@ -131,11 +135,25 @@ def apply(
     Exit 0 applied and healthy; 1 applied but a service failed (rolled back); 2 invalid input;
     3 environment problem (no user manager, podman missing, image unavailable, another apply running).
     """
+    from .noop import input_key, try_noop
+
+    if not dry_run:
+        same = try_noop(profile, overlays, sets)
+        if same is not None:
+            n = same.services
+            click.echo(
+                f"{same.stack}: generation {same.generation} applied, {n}/{n} services healthy"
+                " (0 started, 0 restarted, all unchanged; 0 files written, 0 removed)"
+            )
+            return
     from .apply import ApplyFailed, ApplyOptions
     from .apply import apply as run_apply
 
     loaded = _load(profile, overlays, sets)
-    report = run_apply(loaded, ApplyOptions(dry_run=dry_run, wait_for_lock=not no_wait))
+    options = ApplyOptions(
+        dry_run=dry_run, wait_for_lock=not no_wait, input_key=input_key(profile, overlays, sets)
+    )
+    report = run_apply(loaded, options)
     if dry_run:
         click.echo(report.diff or f"{loaded.profile.name}: no changes", nl=not report.diff)
         return

@@ -20,8 +20,6 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-import yaml
-
 from .fsutil import fsync_dir, write_atomic
 
 KEEP = 10
@@ -90,6 +88,8 @@ class Store:
 
     def record(self, document: Any, files: dict[str, str], meta: dict[str, Any]) -> Generation:
         """Store a new generation (not yet current). Written to a temp dir, then renamed into place."""
+        import yaml  # only writers need it
+
         existing = self.all()
         number = existing[-1].number + 1 if existing else 1
         final = self.generations / f"{number:06d}"

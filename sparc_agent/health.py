@@ -12,7 +12,7 @@ from .probes import spec as ps
 
 # how often apply re-probes a starting service: fast, since someone is waiting at a prompt;
 # the supervisor uses the profile's interval instead
-APPLY_POLL_S = 0.1
+APPLY_POLL_S = 0.05
 
 
 def probe_spec(health: Health) -> ps.ProbeSpec:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import re
 import shutil
 import subprocess
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 
 from .render.versions import Target, Version
@@ -39,9 +40,19 @@ def _version(text: str | None) -> Version | None:
 
 
 def detect() -> HostVersions:
-    podman = _version(_output(["podman", "--version"])) if shutil.which("podman") else None
     quadlet_path = next((p for p in QUADLET_PATHS if shutil.which(p)), None)
-    quadlet = _version(_output([quadlet_path, "-version"])) if quadlet_path else None
-    systemd_out = _output(["systemctl", "--version"]) if shutil.which("systemctl") else None
-    m = re.search(r"systemd (\d+)", systemd_out or "")
-    return HostVersions(podman, quadlet, quadlet_path, int(m.group(1)) if m else None)
+    commands = {
+        "podman": ["podman", "--version"] if shutil.which("podman") else None,
+        "quadlet": [quadlet_path, "-version"] if quadlet_path else None,
+        "systemd": ["systemctl", "--version"] if shutil.which("systemctl") else None,
+    }
+    with ThreadPoolExecutor(3) as pool:  # three short processes at once, not one after another
+        results = pool.map(lambda argv: _output(argv) if argv else None, commands.values())
+        outputs = dict(zip(commands, results, strict=True))
+    m = re.search(r"systemd (\d+)", outputs["systemd"] or "")
+    return HostVersions(
+        _version(outputs["podman"]),
+        _version(outputs["quadlet"]),
+        quadlet_path,
+        int(m.group(1)) if m else None,
+    )

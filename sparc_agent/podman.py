@@ -35,12 +35,20 @@ def image_present(image: str) -> bool:
     return _run("image", "exists", image).returncode == 0
 
 
+def missing_images(images: Iterable[str]) -> list[str]:
+    """The images not in local storage: one podman call when all are there (the usual case)."""
+    wanted = list(dict.fromkeys(images))
+    if not wanted or _run("image", "inspect", "--format", "{{.Id}}", *wanted).returncode == 0:
+        return []
+    return [image for image in wanted if not image_present(image)]
+
+
 async def pull_missing(images: Iterable[str], log: object = sys.stderr) -> list[str]:
     """Pull every image not present, one at a time, with podman's progress on stderr.
 
     Done before any unit starts: a 20 GB image must not eat a unit's start timeout.
     """
-    missing = [image for image in dict.fromkeys(images) if not image_present(image)]
+    missing = missing_images(images)
     for image in missing:
         print(f"pulling {image} (not present locally)...", file=sys.stderr, flush=True)
         proc = await asyncio.create_subprocess_exec(
@@ -83,6 +91,14 @@ def fingerprint(salt: bytes, value: bytes) -> str:
 
 def secret_exists(name: str) -> bool:
     return _run("secret", "inspect", name).returncode == 0
+
+
+def missing_secrets(names: Iterable[str]) -> set[str]:
+    """Podman secrets that do not exist: one podman call when all do."""
+    wanted = list(dict.fromkeys(names))
+    if not wanted or _run("secret", "inspect", "--format", "{{.ID}}", *wanted).returncode == 0:
+        return set()
+    return {name for name in wanted if not secret_exists(name)}
 
 
 def put_secret(name: str, value: bytes) -> None:

@@ -36,8 +36,21 @@ def test_fresh_apply_then_noop(
     again = sparc(mgr, "apply", str(profile))
     assert again.returncode == 0, again.stdout + again.stderr
     assert "0 files written" in again.stdout and "0 restarted" in again.stdout and "0 started" in again.stdout
+    assert "all unchanged" in again.stdout  # answered by the fast path (sparc_agent/noop.py)
     assert pids(mgr, mgr.name) == before
     assert {p: p.stat().st_mtime_ns for p in mgr.config_dir.rglob("*") if p.is_file()} == mtimes
+
+
+def test_service_stopped_by_hand_is_started_again(
+    user_manager: UserManager, standin_images: dict[str, str], tmp_path: Path
+) -> None:
+    mgr = user_manager
+    profile = write_profile(avatar_profile(mgr, tmp_path), tmp_path / "p.yaml")
+    _apply_ok(mgr, profile)
+    mgr.systemctl("stop", f"{mgr.name}-turn.service")
+    out = _apply_ok(mgr, profile)  # the fast path sees turn inactive and hands over to the full apply
+    assert "1 started" in out and "0 files written" in out and "all unchanged" not in out, out
+    assert unit_props(mgr, f"{mgr.name}-turn.service")["ActiveState"] == "active"
 
 
 def _apply_ok(mgr: UserManager, profile: Path) -> str:

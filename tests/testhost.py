@@ -406,13 +406,20 @@ def _stop_pid(pid: int, timeout: float = 60) -> bool:
 
 @pytest.fixture(scope="session")
 def journald() -> Iterator[Path]:
-    """Make sure journald answers on /run/systemd/journal/socket; yields the socket path.
+    """Make sure journald answers on /run/systemd/journal/socket; yields the socket path."""
+    require_testhost()
+    with journald_running() as socket:
+        yield socket
+
+
+@contextlib.contextmanager
+def journald_running() -> Iterator[Path]:
+    """journald for the duration (benchmarks use this too).
 
     Concurrent pytest sessions share one journald: each registers its PID under /run/sparc-testhost; a
     journald started by this plugin is stopped by the last session that leaves. A journald that was already
     running (not ours) is never touched.
     """
-    require_testhost()
     users = SHARED_STATE / "journald.users"
     pidfile = SHARED_STATE / "journald.pid"
     me = users / str(os.getpid())
