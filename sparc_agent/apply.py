@@ -252,7 +252,9 @@ async def converge(
             elif action == "restarted":
                 await mgr.restart(unit)
         except SparcError as exc:
-            result.services[name] = ServiceOutcome(name, action, False, detail=str(exc))
+            tail = journal_tail(unit)
+            detail = f"{exc}" + (f"; last log lines:\n{tail}" if tail else "")
+            result.services[name] = ServiceOutcome(name, action, False, detail=detail)
             started[name].set_result(False)
             healthy[name].set_result(False)
             return
