@@ -19,7 +19,7 @@ import sys
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "tests"))
-import testhost  # noqa: E402
+import testhost
 
 STATE = Path("/run/sparc-dev-managers")
 
