@@ -11,17 +11,14 @@ from __future__ import annotations
 import contextlib
 import json
 import os
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 
 from .fsutil import fsync_dir, write_atomic
 
 TEMP_SUFFIX = ".sparc-new"
-# tests set SPARC_AGENT_CRASH_AT to kill the process at a named point (see tests/test_apply_e2e.py)
-CrashHook = Callable[[str], None]
-
-
 def _crash_point(name: str) -> None:
+    """Tests set SPARC_AGENT_CRASH_AT to kill -9 the process here (tests/test_apply_e2e.py)."""
     if os.environ.get("SPARC_AGENT_CRASH_AT") == name:
         os.kill(os.getpid(), 9)
 
