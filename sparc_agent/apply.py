@@ -157,8 +157,7 @@ class ConvergeResult:
 def services_to_restart(
     profile: Profile, changes: FileChanges, secrets_changed: set[str], names: Names
 ) -> set[str]:
-    pod_files = {f"{QUADLET_DIR}/{profile.name}.pod", f"{UNIT_DIR}/{names.pod_unit}"}
-    if pod_files & changes.existed:
+    if _pod_files(profile, names) & changes.existed:
         return set(profile.services)  # a new pod means new containers, all of them
     restart = set()
     for name, svc in profile.services.items():
@@ -173,6 +172,10 @@ def services_to_restart(
         ):
             restart.add(name)
     return restart
+
+
+def _pod_files(profile: Profile, names: Names) -> set[str]:
+    return {f"{QUADLET_DIR}/{profile.name}.pod", f"{UNIT_DIR}/{names.pod_unit}"}
 
 
 def journal_tail(unit: str, lines: int = 12) -> str:
@@ -216,6 +219,10 @@ async def converge(
         for unit in removed_units:
             with contextlib.suppress(SparcError):
                 await mgr.reset_failed(unit)
+    if _pod_files(profile, names) & changes.existed:
+        # new ports need a new pod; its containers are BindsTo= it and stop with it, then start below
+        print(f"recreating {names.pod_unit} (the pod changed)", file=log, flush=True)
+        await mgr.stop(names.pod_unit)
 
     started: dict[str, asyncio.Future[bool]] = {
         n: asyncio.get_running_loop().create_future() for n in profile.services
