@@ -310,7 +310,10 @@ async def _wait_healthy(
             )
         if time.monotonic() - t0 >= budget:
             what = "error" if result.outcome is ProbeOutcome.ERROR else "failing"
-            return False, f"{health.kind} probe still {what} after {budget:.0f} s: {result.detail}"
+            tail = journal_tail(unit)
+            return False, f"{health.kind} probe still {what} after {budget:.0f} s: {result.detail}" + (
+                f"; last log lines:\n{tail}" if tail else ""
+            )
         await asyncio.sleep(APPLY_POLL_S)
 
 
