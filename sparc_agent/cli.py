@@ -218,5 +218,11 @@ def down(name: str, purge: bool) -> None:
     click.echo(f"{name}: stopped {len(stopped)} units" + (", removed its files and secrets" if purge else ""))
 
 
+from .cli_agent import logs, restart, run  # noqa: E402 - the agent's commands live in their own module
+
+main.add_command(run)
+main.add_command(logs)
+main.add_command(restart)
+
 if __name__ == "__main__":
     main()

@@ -6,6 +6,7 @@ import asyncio
 import contextlib
 import datetime as dt
 from dataclasses import asdict, dataclass
+from pathlib import Path
 from typing import Any
 
 from . import commit, podman
@@ -37,12 +38,28 @@ class ServiceStatus:
     probe_ms: float | None
     restarts: int
     since: str
+    supervisor: dict[str, Any] | None = None  # the running agent's view (agent-state.json), if any
+
+
+def agent_view(root: Path) -> dict[str, Any] | None:
+    """The running agent's state file for this stack, or None when there is none or its agent is gone."""
+    import json
+    import os
+
+    try:
+        data: dict[str, Any] = json.loads((root / "agent-state.json").read_text())
+        os.kill(int(data["pid"]), 0)
+    except (OSError, ValueError, KeyError, TypeError):
+        return None
+    return data
 
 
 async def _status(stack: str) -> dict[str, Any]:
-    _, generation, profile = current_generation(stack)
+    store, generation, profile = current_generation(stack)
     names = Names(profile.name)
     rows: list[ServiceStatus] = []
+    agent = agent_view(store.root)
+    watched: dict[str, Any] = agent.get("services", {}) if agent else {}
     async with await UserManager.connect() as mgr:
 
         async def one(name: str) -> ServiceStatus:
@@ -50,8 +67,13 @@ async def _status(stack: str) -> dict[str, Any]:
             state = await mgr.unit_state(unit)
             health, latency = "no probe", None
             svc = profile.services[name]
+            seen = watched.get(name)
+            probe = (seen or {}).get("probe")
             if not state.is_active:
                 health = "not running"
+            elif probe:  # the agent probes anyway: show its last result instead of probing again
+                health = "ok" if probe["outcome"] == "ok" else f"{probe['outcome']}: {probe['detail']}"
+                latency = probe["latency_ms"]
             elif svc.health is not None:
                 result = await probe_once(svc.health, names.container(name))
                 health = "ok" if result.ok else f"{result.outcome.value}: {result.detail}"
@@ -72,6 +94,7 @@ async def _status(stack: str) -> dict[str, Any]:
                 latency,
                 state.n_restarts,
                 since,
+                seen,
             )
 
         rows = list(await asyncio.gather(*(one(n) for n in profile.services)))
@@ -80,6 +103,7 @@ async def _status(stack: str) -> dict[str, Any]:
         "generation": generation.number,
         "applied": generation.meta.get("created"),
         "status": generation.meta.get("status"),
+        "agent": {k: agent[k] for k in ("pid", "updated", "connected", "generation")} if agent else None,
         "services": [asdict(r) for r in rows],
     }
 
@@ -100,7 +124,35 @@ def format_status(report: dict[str, Any]) -> str:
     healthy = sum(
         1 for s in report["services"] if s["health"] in ("ok", "no probe") and s["state"].startswith("active")
     )
-    return "\n".join([header, *lines, f"{healthy}/{len(report['services'])} healthy"])
+    out = [header, *lines, f"{healthy}/{len(report['services'])} healthy"]
+    if report.get("agent"):
+        out += ["", _format_supervisor(report)]
+    else:
+        out.append("agent: not running (nothing restarts failed services: `sparc-agent run`)")
+    return "\n".join(out)
+
+
+def _format_supervisor(report: dict[str, Any]) -> str:
+    agent = report["agent"]
+    now = dt.datetime.now(dt.UTC).timestamp()
+    head = f"agent pid {agent['pid']} (updated {now - agent['updated']:.0f}s ago"
+    head += ")" if agent.get("connected", True) else "; user manager unreachable)"
+    rows = [("SERVICE", "SUPERVISOR", "LAST PROBE", "RESTARTS", "NOTE")]
+    for s in report["services"]:
+        v = s.get("supervisor") or {}
+        probe = v.get("probe")
+        last = f"{probe['outcome']} {probe['latency_ms']} ms" if probe else "-"
+        note = ""
+        if v.get("state") == "FATAL":
+            note = f"FATAL: {v.get('fatal_reason')} (`sparc-agent restart {report['stack']} {s['service']}`)"
+        elif v.get("backoff_until"):
+            note = f"restart in {max(0.0, v['backoff_until'] - now):.1f}s: {v.get('reason', '')}"
+        elif v.get("state") not in (None, "HEALTHY"):
+            note = str(v.get("reason", ""))
+        rows.append((s["service"], str(v.get("state", "?")), last, f"{v.get('restarts', 0)}", note))
+    widths = [max(len(r[i]) for r in rows) for i in range(4)]
+    lines = ["  ".join(c.ljust(w) for c, w in zip(r[:4], widths, strict=True)) + "  " + r[4] for r in rows]
+    return "\n".join([head, *lines])
 
 
 async def _down(stack: str, purge: bool) -> list[str]:

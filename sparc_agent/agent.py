@@ -1,0 +1,665 @@
+"""`sparc-agent run`: the long-running agent that keeps applied stacks healthy.
+
+One process, one event loop, one D-Bus connection to the user manager:
+
+- at start it applies the profiles it was given (or those in ~/.config/sparc-agent/profiles), each in a
+  `sparc-agent apply` child process: rendering needs pydantic and jinja2 (~17 MB), which the
+  long-running process never imports. The supervision plan of a generation (timing, restart policy,
+  dependencies) is computed the same way, once per generation, and cached in the stack's state dir;
+- it supervises every stack with a `current` generation under $XDG_STATE_HOME/sparc-agent/, adopting
+  what runs (no restarts), with one ServiceMachine per service (sparc_agent/supervisor.py) fed by
+  PropertiesChanged signals (UserManager.watch), probes, and a periodic reconcile;
+- a new generation written by `sparc-agent apply` is noticed by a readlink of each stack's `current`
+  every RECONCILE_S (cheap, portable, and it also finds new stacks; inotify would save ~1 syscall/s);
+  while an apply holds the stack's lock (seen in /proc/locks, never by taking it) the agent neither
+  probes nor restarts that stack: apply is in charge then;
+- sd_notify READY=1 after adoption, WATCHDOG=1 at half of WatchdogSec, STATUS="5/5 healthy";
+- SIGTERM/SIGINT stop the agent only (units are not its children); SIGHUP re-applies and re-reads;
+- when the bus connection drops (user manager restarted) it reconnects with a capped backoff and
+  re-reads every unit; machines and their restart budgets carry over.
+
+The state each stack's machines are in is written atomically to STATE_DIR/STACK/agent-state.json,
+which `sparc-agent status` shows.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import os
+import signal
+import sys
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Final
+
+from .errors import ManagerDisconnected, NoUserManager, SparcError
+from .fsutil import write_atomic
+from .notify import Notifier
+from .paths import Paths
+from .supervisor import (
+    Act,
+    Action,
+    ProbeView,
+    ServiceMachine,
+    StackPlan,
+    State,
+    UnitView,
+)
+from .systemd import UnitState, UserManager, systemd_major
+
+STATE_FILE: Final = "agent-state.json"
+PLAN_FILE: Final = "agent-plan.json"
+RECONCILE_S: Final = 2.0  # readlink of every stack's `current`, apply-lock check
+RESYNC_S: Final = 60.0  # re-read every unit over D-Bus, in case a signal was missed
+KILL_AFTER_S: Final = 2.0  # a restart whose stop takes longer gets SIGKILL: an unhealthy service may be hung
+RECONNECT_MAX_S: Final = 5.0
+STATE_WRITE_MIN_S: Final = 0.2  # coalesce state-file writes
+HEARTBEAT_S: Final = 10.0
+# render.versions.SYSTEMD_RESTART_STEPS, not imported: sparc_agent.render pulls in jinja2 and pydantic
+SYSTEMD_RESTART_STEPS: Final = 254  # rewrite the state file this often even without changes (fresh `updated`)
+
+# what each state counts as on the STATUS= line
+_OK_STATES: Final = (State.HEALTHY,)
+
+
+def mono() -> float:
+    return time.monotonic()
+
+
+# ---------------------------------------------------------------- plans (computed in a child process)
+
+
+def stacks_dir(paths: Paths) -> Path:
+    return paths.state_home / "sparc-agent"
+
+
+def current_target(root: Path) -> str | None:
+    try:
+        return os.readlink(root / "current")
+    except OSError:
+        return None
+
+
+def generation_number(root: Path) -> int | None:
+    target = current_target(root)
+    if target is None:
+        return None
+    try:
+        return int(Path(target).name)
+    except ValueError:
+        return None
+
+
+async def load_plan(root: Path) -> StackPlan | None:
+    """The plan of the stack's current generation: from the cache, else from a helper process."""
+    number = generation_number(root)
+    if number is None:
+        return None
+    cache = root / PLAN_FILE
+    with contextlib.suppress(OSError, ValueError, KeyError, TypeError):
+        data = json.loads(cache.read_text())
+        if data.get("generation") == number:
+            return StackPlan.from_json(data)
+    profile = root / "current" / "profile.yaml"
+    proc = await asyncio.create_subprocess_exec(
+        sys.executable,
+        "-m",
+        "sparc_agent.agent",
+        "plan",
+        str(profile),
+        str(number),
+        stdout=asyncio.subprocess.PIPE,
+        stderr=asyncio.subprocess.PIPE,
+    )
+    out, err = await proc.communicate()
+    if proc.returncode != 0:
+        raise SparcError(f"cannot read the plan of {profile}: {err.decode(errors='replace').strip()[-500:]}")
+    data = json.loads(out)
+    write_atomic(cache, json.dumps(data, indent=1).encode())
+    return StackPlan.from_json(data)
+
+
+def _plan_main(profile: str, generation: str) -> None:
+    from .profile import load_profile
+    from .supervisor import plan_from_profile
+
+    plan = plan_from_profile(load_profile(profile).profile, int(generation))
+    print(json.dumps(plan.to_json()))
+
+
+# ---------------------------------------------------------------- apply lock (read, never taken)
+
+
+def apply_running(root: Path) -> bool:
+    """True while a `sparc-agent apply` holds the stack's lock (flock), read from /proc/locks."""
+    try:
+        st = os.stat(root / "apply.lock")
+        locks = Path("/proc/locks").read_text()
+    except OSError:
+        return False
+    dev = f"{os.major(st.st_dev):02x}:{os.minor(st.st_dev):02x}:{st.st_ino}"
+    return any(line.split()[5:6] == [dev] for line in locks.splitlines() if " FLOCK " in line)
+
+
+# ---------------------------------------------------------------- one stack
+
+
+def _view(state: UnitState) -> UnitView:
+    return UnitView(
+        state.active_state,
+        state.sub_state,
+        state.result,
+        state.n_restarts,
+        state.main_pid,
+        state.invocation_id,
+    )
+
+
+@dataclass
+class StackRunner:
+    """The machines of one stack, and the tasks that drive them over one connection."""
+
+    root: Path
+    plan: StackPlan
+    agent: Agent
+    machines: dict[str, ServiceMachine] = field(default_factory=dict)
+    pokes: dict[str, asyncio.Event] = field(default_factory=dict)
+    dep_restart: dict[str, str] = field(default_factory=dict)  # service -> the dependency that recovered
+    adopted: bool = False
+    paused: bool = False  # an apply is running
+
+    @property
+    def stack(self) -> str:
+        return self.plan.stack
+
+    def carry_over(self, old: StackRunner | None, systemd_grows_delay: bool) -> None:
+        """Machines for this plan: kept from `old` where the service's plan is unchanged."""
+        now = mono()
+        previous = self._previous_restart_times(now) if old is None else {}
+        for svc in self.plan.services:
+            kept = old.machines.get(svc.name) if old is not None else None
+            if kept is not None and kept.plan == svc:
+                if old is not None and old.plan.generation != self.plan.generation:
+                    kept.clear_fatal(now)  # FATAL lasts until the next apply
+                self.machines[svc.name] = kept
+            else:
+                m = ServiceMachine(svc, now, systemd_grows_delay=systemd_grows_delay)
+                m.adopt(previous.get(svc.name, ()))
+                self.machines[svc.name] = m
+            self.pokes[svc.name] = asyncio.Event()
+        self.adopted = old is not None and old.adopted
+
+    def _previous_restart_times(self, now: float) -> dict[str, list[float]]:
+        """Restart times an earlier agent recorded for this generation: a restarted agent keeps the budget."""
+        try:
+            data = json.loads((self.root / STATE_FILE).read_text())
+        except (OSError, ValueError):
+            return {}
+        if data.get("generation") != self.plan.generation:
+            return {}
+        wall = time.time()
+        out: dict[str, list[float]] = {}
+        for name, svc in data.get("services", {}).items():
+            out[name] = [now - (wall - t) for t in svc.get("restart_times", []) if isinstance(t, int | float)]
+        return out
+
+    async def run(self, mgr: UserManager) -> None:
+        units = [s.unit for s in self.plan.services]
+        by_unit = {s.unit: s.name for s in self.plan.services}
+        async with mgr.watch(units, initial=False) as changes:
+            # the snapshot after subscribing: nothing can change unseen between the two
+            states = await asyncio.gather(*(mgr.unit_state(u) for u in units))
+            now = mono()
+            for st in states:
+                m = self.machines[by_unit[st.name]]
+                if self.adopted:
+                    m.on_unit(_view(st), now)
+                else:
+                    m.adopt_running(_view(st), now)
+                self.flush(m)
+            self.adopted = True
+            self.agent.adoption_done(self)
+            async with asyncio.TaskGroup() as tg:
+                for name in self.machines:
+                    tg.create_task(self._service_loop(mgr, name))
+                tg.create_task(self._resync(mgr))
+                async for st in changes:
+                    changed = by_unit.get(st.name)
+                    if changed is None:
+                        continue
+                    m = self.machines[changed]
+                    m.on_unit(_view(st), mono())
+                    self.flush(m)
+                    self.pokes[changed].set()
+        raise ManagerDisconnected("watch ended")
+
+    async def _resync(self, mgr: UserManager) -> None:
+        """The periodic reconcile with systemd: a missed signal cannot leave a machine wrong for long."""
+        while True:
+            await asyncio.sleep(RESYNC_S)
+            for name, m in self.machines.items():
+                view = _view(await mgr.unit_state(m.plan.unit))
+                if view != m.unit:
+                    m.on_unit(view, mono())
+                    self.flush(m)
+                    self.pokes[name].set()
+
+    async def _service_loop(self, mgr: UserManager, name: str) -> None:
+        from .noop import _spec
+        from .probes import run_probe
+
+        m = self.machines[name]
+        poke = self.pokes[name]
+        spec = _spec(m.plan.probe) if m.plan.probe else None
+        while True:
+            poke.clear()
+            if self.paused:
+                await asyncio.sleep(RECONCILE_S / 2)
+                continue
+            now = mono()
+            dep = self.dep_restart.pop(name, None)
+            action = m.dependency_recovered(dep, now) if dep else m.due(now)
+            self.flush(m)
+            if action is not None:
+                await self._act(mgr, m, action, dependent=dep is not None)
+                continue
+            if spec is not None and m.probe_due(now) and m.unit is not None:
+                invocation = m.unit.invocation_id
+                result = await run_probe(spec, container=m.plan.container)
+                # a result about a process that is gone (restarted meanwhile) says nothing
+                if m.unit is not None and m.unit.invocation_id == invocation and not self.paused:
+                    m.on_probe(ProbeView(result.outcome.value, result.latency_s, result.detail), mono())
+                    self.flush(m, probed=True)
+                continue
+            wake = m.next_wakeup()
+            timeout = None if wake is None else max(0.0, wake - mono())
+            with contextlib.suppress(TimeoutError):
+                async with asyncio.timeout(timeout):
+                    await poke.wait()
+
+    async def _act(self, mgr: UserManager, m: ServiceMachine, action: Action, dependent: bool) -> None:
+        unit = m.plan.unit
+        log = self.agent.log.bind(stack=self.stack, service=m.plan.name)
+        log.info(
+            "decision",
+            act=str(action.act),
+            reason=action.reason,
+            attempt=action.attempt,
+            restarts=m.restarts_in_window(mono()),
+        )
+        ok, detail = True, ""
+        try:
+            if action.act is Act.RESTART:
+                await mgr.reset_failed(unit)
+                await self._restart(mgr, unit, log)
+            elif action.act is Act.START:
+                await mgr.reset_failed(unit)
+                await mgr.start(unit)
+            else:  # HOLD, STOP
+                await mgr.stop(unit)
+        except ManagerDisconnected:
+            m.busy = False
+            raise
+        except SparcError as exc:
+            ok, detail = False, str(exc)
+        now = mono()
+        if dependent:
+            m.on_dependent_restart_done(ok, now, action.reason, detail)
+        else:
+            m.on_action_done(action, ok, now, detail)
+        self.flush(m)
+
+    async def _restart(self, mgr: UserManager, unit: str, log: Any) -> None:
+        """RestartUnit; if the stop hangs (a frozen process ignores SIGTERM), SIGKILL the unit's processes."""
+        job = asyncio.ensure_future(mgr.restart(unit))
+        done, _ = await asyncio.wait({job}, timeout=KILL_AFTER_S)
+        if not done:
+            log.warning("kill", reason=f"stop took longer than {KILL_AFTER_S:g}s", signal="SIGKILL")
+            with contextlib.suppress(SparcError):
+                await mgr.kill(unit, signal.SIGKILL, "all")
+        await job
+
+    def flush(self, m: ServiceMachine, probed: bool = False) -> None:
+        events = m.drain()
+        for event in events:
+            fields = {k: v for k, v in event.items() if k != "event"}
+            level = (
+                "warning"
+                if event.get("state") in ("FATAL", "UNHEALTHY") or event["event"] == "restart"
+                else "info"
+            )
+            if event.get("state") == "FATAL" and event["event"] == "state":
+                level = "error"
+            getattr(self.agent.log, level)(event["event"], stack=self.stack, **fields)
+        if m.recovered:
+            m.recovered = False
+            for dependent in self.plan.dependents(m.plan.name):
+                self.dep_restart[dependent] = m.plan.name
+                self.pokes[dependent].set()
+        if events or probed:
+            self.agent.dirty(self)
+
+    def resume(self) -> None:
+        """An apply just finished: what it did is not a failure of ours to count."""
+        now = mono()
+        for name, m in self.machines.items():
+            if (
+                m.state not in (State.FATAL, State.STOPPED)
+                and m.unit is not None
+                and m.unit.active_state == "active"
+            ):
+                m.fails = 0
+                m.backoff_until = None
+                m._enter_starting(now, "apply finished")
+                self.flush(m)
+            self.pokes[name].set()
+
+    def state_document(self) -> dict[str, Any]:
+        now, wall = mono(), time.time()
+        return {
+            "stack": self.stack,
+            "generation": self.plan.generation,
+            "pid": os.getpid(),
+            "updated": round(wall, 3),
+            "connected": self.agent.connected,
+            "services": {name: m.snapshot(now, wall) for name, m in self.machines.items()},
+        }
+
+    def summary(self) -> tuple[int, int, list[str]]:
+        ok = sum(1 for m in self.machines.values() if m.state in _OK_STATES)
+        bad = [f"{n} {m.state}" for n, m in self.machines.items() if m.state not in _OK_STATES]
+        return ok, len(self.machines), bad
+
+
+# ---------------------------------------------------------------- the agent
+
+
+@dataclass
+class AgentOptions:
+    profiles: Sequence[str] = ()  # apply these at start (default: every profile in the profiles dir)
+    config_dir: Path | None = None  # instead of ~/.config/sparc-agent/profiles
+    apply: bool = True
+    log_format: str | None = None
+
+
+class _Restart(Exception):
+    """End the current session (new generation, new stack, SIGHUP) and build the next one."""
+
+
+class Agent:
+    def __init__(self, options: AgentOptions, paths: Paths | None = None) -> None:
+        from .logging import setup
+
+        self.options = options
+        self.paths = paths or Paths.from_env()
+        self.log = setup(options.log_format)
+        self.notifier = Notifier()
+        self.runners: dict[str, StackRunner] = {}
+        self.connected = False
+        self.ready_sent = False
+        self._dirty: set[str] = set()
+        self._dirty_event = asyncio.Event()
+        self._stop = asyncio.Event()
+        self._reload = asyncio.Event()
+        self._pending_adoption: set[str] = set()
+        self._grows_delay = False
+
+    # ------------------------------------------------------------ entry
+
+    async def main(self) -> int:
+        loop = asyncio.get_running_loop()
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            loop.add_signal_handler(sig, self._stop.set)
+        loop.add_signal_handler(signal.SIGHUP, self._reload.set)
+        self.log.info("start", pid=os.getpid(), state_dir=str(stacks_dir(self.paths)))
+        tasks = [asyncio.create_task(self._watchdog()), asyncio.create_task(self._writer())]
+        try:
+            if self.options.apply:
+                await self._apply_profiles()
+            await self._sessions()
+        finally:
+            for t in tasks:
+                t.cancel()
+            self.connected = False
+            for runner in self.runners.values():
+                self._write_state(runner)
+            self.notifier.stopping()
+            self.log.info("stop", reason="signal: the stack keeps running")
+        return 0
+
+    def _profile_paths(self) -> list[Path]:
+        if self.options.profiles:
+            return [Path(p) for p in self.options.profiles]
+        directory = self.options.config_dir or self.paths.profiles_dir
+        if not directory.is_dir():
+            return []
+        return sorted(p for p in directory.iterdir() if p.suffix in (".yaml", ".yml") and p.is_file())
+
+    async def _apply_profiles(self) -> None:
+        """`sparc-agent apply` each profile, in a child process (keeps pydantic/jinja2 out of the agent)."""
+        for path in self._profile_paths():
+            t0 = mono()
+            proc = await asyncio.create_subprocess_exec(
+                sys.executable,
+                "-m",
+                "sparc_agent.cli",
+                "apply",
+                str(path),
+                stdout=asyncio.subprocess.PIPE,
+                stderr=asyncio.subprocess.STDOUT,
+            )
+            out, _ = await proc.communicate()
+            text = out.decode(errors="replace").strip()
+            level = "info" if proc.returncode == 0 else "error"
+            getattr(self.log, level)(
+                "apply",
+                profile=str(path),
+                rc=proc.returncode,
+                seconds=round(mono() - t0, 2),
+                reason=text.splitlines()[-1] if text else "",
+            )
+
+    async def _discover(self) -> None:
+        """Runners for every stack with a current generation; machines carry over where plans match."""
+        root = stacks_dir(self.paths)
+        found = sorted(p.parent for p in root.glob("*/current")) if root.is_dir() else []
+        runners: dict[str, StackRunner] = {}
+        for stack_root in found:
+            try:
+                plan = await load_plan(stack_root)
+            except (SparcError, OSError, ValueError) as exc:
+                self.log.error("plan", stack=stack_root.name, reason=str(exc))
+                continue
+            if plan is None:
+                continue
+            old = self.runners.get(plan.stack)
+            runner = StackRunner(stack_root, plan, self)
+            runner.carry_over(old, self._grows_delay)
+            runners[plan.stack] = runner
+            if old is None or old.plan.generation != plan.generation:
+                self.log.info("generation", stack=plan.stack, generation=plan.generation)
+        self.runners = runners
+
+    async def _sessions(self) -> None:
+        delay = 0.2
+        while not self._stop.is_set():
+            try:
+                mgr = await UserManager.connect()
+            except NoUserManager as exc:
+                self.connected = False
+                self.log.warning("bus", reason=str(exc), retry_s=delay)
+                if not self.ready_sent:  # systemd would otherwise time out our start and loop on it
+                    self.ready_sent = True
+                    self.notifier.ready("waiting for the systemd user manager")
+                if await self._wait_stop(delay):
+                    return
+                delay = min(delay * 2, RECONNECT_MAX_S)
+                continue
+            delay = 0.2
+            self.connected = True
+            self.log.info("bus", reason="connected", address=mgr.address)
+            try:
+                async with mgr:
+                    with contextlib.suppress(SparcError):
+                        self._grows_delay = systemd_major(await mgr.version()) >= SYSTEMD_RESTART_STEPS
+                    while not self._stop.is_set() and mgr.connected:
+                        if self._reload.is_set():
+                            self._reload.clear()
+                            self.notifier.reloading()
+                            self.log.info("reload", reason="SIGHUP")
+                            if self.options.apply:
+                                await self._apply_profiles()
+                            self.runners = {}  # re-read everything
+                        await self._discover()
+                        await self._session(mgr)
+            except (ManagerDisconnected, NoUserManager) as exc:
+                self.log.warning("bus", reason=f"disconnected: {exc}")
+            self.connected = False
+            for runner in self.runners.values():
+                self.dirty(runner)
+
+    async def _wait_stop(self, seconds: float) -> bool:
+        with contextlib.suppress(TimeoutError):
+            async with asyncio.timeout(seconds):
+                await self._stop.wait()
+        return self._stop.is_set()
+
+    async def _session(self, mgr: UserManager) -> None:
+        """Run every stack's runner on `mgr` until a stop, a reload, a change of stacks, or a disconnect."""
+        self._pending_adoption = {r.stack for r in self.runners.values() if not r.adopted}
+        if not self._pending_adoption:
+            self._send_ready()
+        try:
+            async with asyncio.TaskGroup() as tg:
+                for runner in self.runners.values():
+                    tg.create_task(self._run_stack(runner, mgr))
+                tg.create_task(self._reconcile())
+                tg.create_task(self._until(mgr))
+        except* _Restart:
+            pass  # the caller builds the next session
+        except* ManagerDisconnected as group:
+            raise group.exceptions[0] from None
+
+    async def _run_stack(self, runner: StackRunner, mgr: UserManager) -> None:
+        try:
+            await runner.run(mgr)
+        except ManagerDisconnected:
+            raise
+        except SparcError as exc:  # a call systemd refused: start this session over, not too eagerly
+            self.log.error("stack", stack=runner.stack, reason=str(exc))
+            await asyncio.sleep(1.0)
+            raise _Restart from exc
+
+    async def _until(self, mgr: UserManager) -> None:
+        stop, reload = asyncio.ensure_future(self._stop.wait()), asyncio.ensure_future(self._reload.wait())
+        gone = asyncio.ensure_future(mgr.wait_disconnected())
+        try:
+            await asyncio.wait({stop, reload, gone}, return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            for f in (stop, reload, gone):
+                f.cancel()
+        if gone.done() and not gone.cancelled():
+            raise ManagerDisconnected("the user manager went away")
+        raise _Restart
+
+    async def _reconcile(self) -> None:
+        """Every RECONCILE_S: new generations or stacks end the session; apply locks pause a stack."""
+        root = stacks_dir(self.paths)
+        known = {p.parent: current_target(p.parent) for p in root.glob("*/current")} if root.is_dir() else {}
+        while True:
+            await asyncio.sleep(RECONCILE_S)
+            found = {p.parent for p in root.glob("*/current")} if root.is_dir() else set()
+            for runner in self.runners.values():
+                busy = apply_running(runner.root)
+                if busy != runner.paused:
+                    runner.paused = busy
+                    self.log.info(
+                        "apply", stack=runner.stack, reason="apply running: paused" if busy else "resumed"
+                    )
+                    if not busy:
+                        runner.resume()
+            changed = [p for p in found if p not in known or current_target(p) != known[p]]
+            if changed and not any(apply_running(p) for p in changed):
+                raise _Restart
+
+    def adoption_done(self, runner: StackRunner) -> None:
+        self._pending_adoption.discard(runner.stack)
+        self.dirty(runner)
+        if not self._pending_adoption:
+            self._send_ready()
+
+    def _send_ready(self) -> None:
+        status = self.status_line()
+        if not self.ready_sent:
+            self.ready_sent = True
+            self.notifier.ready(status)
+            self.log.info("ready", reason=status, stacks=sorted(self.runners))
+        else:
+            self.notifier.status(status)
+
+    def status_line(self) -> str:
+        if not self.runners:
+            return "no stacks applied"
+        ok = total = 0
+        bad: list[str] = []
+        for runner in self.runners.values():
+            o, t, b = runner.summary()
+            ok, total = ok + o, total + t
+            bad += [f"{runner.stack}/{x}" if len(self.runners) > 1 else x for x in b]
+        line = f"{ok}/{total} healthy"
+        if bad:
+            line += " (" + ", ".join(bad[:4]) + (", ..." if len(bad) > 4 else "") + ")"
+        return line if self.connected else line + "; user manager unreachable"
+
+    # ------------------------------------------------------------ state file, watchdog
+
+    def dirty(self, runner: StackRunner) -> None:
+        self._dirty.add(runner.stack)
+        self._dirty_event.set()
+
+    def _write_state(self, runner: StackRunner) -> None:
+        try:
+            write_atomic(runner.root / STATE_FILE, json.dumps(runner.state_document(), indent=1).encode())
+        except OSError as exc:
+            self.log.error("state_file", stack=runner.stack, reason=str(exc))
+
+    async def _writer(self) -> None:
+        while True:
+            with contextlib.suppress(TimeoutError):
+                async with asyncio.timeout(HEARTBEAT_S):
+                    await self._dirty_event.wait()
+            self._dirty_event.clear()
+            stacks = set(self.runners) if not self._dirty else self._dirty
+            self._dirty = set()
+            for stack in stacks:
+                runner = self.runners.get(stack)
+                if runner is not None:
+                    self._write_state(runner)
+            if self.ready_sent:
+                self.notifier.status(self.status_line())
+            await asyncio.sleep(STATE_WRITE_MIN_S)
+
+    async def _watchdog(self) -> None:
+        if self.notifier.watchdog_s is None:
+            return
+        while True:  # from the event loop itself: a stuck loop stops the pings and systemd restarts us
+            self.notifier.watchdog()
+            await asyncio.sleep(self.notifier.watchdog_s / 2)
+
+
+def run(options: AgentOptions) -> int:
+    async def go() -> int:
+        return await Agent(options).main()
+
+    return asyncio.run(go())
+
+
+if __name__ == "__main__":
+    if len(sys.argv) == 4 and sys.argv[1] == "plan":
+        _plan_main(sys.argv[2], sys.argv[3])
+    else:
+        sys.exit("usage: python -m sparc_agent.agent plan PROFILE GENERATION")

@@ -1,0 +1,143 @@
+"""CLI commands of the long-running side: `run`, `logs`, `restart` (added to the group in cli.py)."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import sys
+from collections.abc import Callable
+from functools import wraps
+from pathlib import Path
+from typing import Any, TypeVar
+
+import click
+
+from .errors import EnvironmentProblem, InvalidInput, SparcError
+
+F = TypeVar("F", bound=Callable[..., Any])
+
+
+def _reports_errors(func: F) -> F:
+    """As cli._reports_errors (not imported: cli.py imports this module, `python -m sparc_agent.cli` too)."""
+
+    @wraps(func)
+    def wrapper(*args: Any, **kwargs: Any) -> Any:
+        try:
+            return func(*args, **kwargs)
+        except SparcError as exc:
+            click.echo(str(exc), err=True)
+            sys.exit(exc.exit_code)
+
+    return wrapper  # type: ignore[return-value]
+
+
+@click.command()
+@click.argument("profiles", nargs=-1, type=click.Path(dir_okay=False))
+@click.option(
+    "--config",
+    "config_dir",
+    type=click.Path(file_okay=False),
+    help="Apply the profiles in DIR at start (default: ~/.config/sparc-agent/profiles).",
+)
+@click.option("--no-apply", is_flag=True, help="Only supervise what is applied; apply nothing at start.")
+@click.option(
+    "--log-format",
+    type=click.Choice(["journal", "json", "console"]),
+    help="Default: journal under systemd (JOURNAL_STREAM set), else json.",
+)
+@_reports_errors
+def run(profiles: tuple[str, ...], config_dir: str | None, no_apply: bool, log_format: str | None) -> None:
+    """Apply PROFILES (or the profiles dir), then keep every applied stack healthy until SIGTERM.
+
+    Adopts running services without restarting them; restarts unhealthy or failed ones with capped
+    exponential backoff; gives up (FATAL) after the policy's max_restarts within its window.
+    SIGTERM stops the agent only, never the stacks; SIGHUP re-applies and re-reads.
+    """
+    from .agent import AgentOptions
+    from .agent import run as run_agent
+
+    options = AgentOptions(
+        profiles=profiles,
+        config_dir=Path(config_dir) if config_dir else None,
+        apply=not no_apply,
+        log_format=log_format,
+    )
+    sys.exit(run_agent(options))
+
+
+def journal_matches(stack: str, service: str | None, services: list[str]) -> list[str]:
+    """journalctl match arguments: the agent's events about the stack (or one service) OR the container
+    units' own output. Fields of one name are ORed, different names ANDed, `+` separates alternatives."""
+    agent = ["_SYSTEMD_USER_UNIT=sparc-agent.service", f"SPARC_STACK={stack}"]
+    if service is not None:
+        return [*agent, f"SPARC_SERVICE={service}", "+", f"_SYSTEMD_USER_UNIT={stack}-{service}.service"]
+    units = [f"_SYSTEMD_USER_UNIT={stack}-{name}.service" for name in services]
+    out = list(agent)
+    for unit in units:
+        out += ["+", unit]
+    return out
+
+
+@click.command()
+@click.argument("name")
+@click.argument("service", required=False)
+@click.option("-f", "--follow", is_flag=True, help="Keep printing new entries.")
+@click.option("-n", "--lines", default=None, metavar="N", help="Show the last N entries.")
+@click.option("-o", "--output", default=None, metavar="MODE", help="journalctl output mode, e.g. verbose.")
+@click.option("--since", default=None, help="e.g. '10 min ago'")
+@_reports_errors
+def logs(
+    name: str, service: str | None, follow: bool, lines: str | None, output: str | None, since: str | None
+) -> None:
+    """Journal of stack NAME: the agent's events about it and its containers' output (or SERVICE's only)."""
+    from .stack import current_generation
+
+    _, _, profile = current_generation(name)
+    if service is not None and service not in profile.services:
+        raise InvalidInput(f"stack {name} has no service {service!r} (it has: {', '.join(profile.services)})")
+    journalctl = shutil.which("journalctl")
+    if journalctl is None:
+        raise EnvironmentProblem("journalctl not found")
+    argv = [journalctl, "--no-pager"] if not follow else [journalctl]
+    if follow:
+        argv.append("-f")
+    if lines:
+        argv += ["-n", lines]
+    if output:
+        argv += ["-o", output]
+    if since:
+        argv += ["--since", since]
+    argv += journal_matches(name, service, list(profile.services))
+    sys.stdout.flush()
+    os.execv(journalctl, argv)
+
+
+@click.command()
+@click.argument("name")
+@click.argument("service")
+@_reports_errors
+def restart(name: str, service: str) -> None:
+    """Restart SERVICE of stack NAME now, clearing FATAL.
+
+    Resets systemd's failed state and start-limit counter and restarts the unit. A running agent sees
+    a start it did not make and takes it as a fresh start: FATAL is cleared and the restart budget reset.
+    """
+    import asyncio
+
+    from .render import Names
+    from .stack import current_generation
+    from .systemd import UserManager
+
+    _, _, profile = current_generation(name)
+    if service not in profile.services:
+        raise InvalidInput(f"stack {name} has no service {service!r} (it has: {', '.join(profile.services)})")
+    unit = Names(name).service_unit(service)
+
+    async def go() -> str:
+        async with await UserManager.connect() as mgr:
+            await mgr.reset_failed(unit)
+            await mgr.restart(unit)
+            state = await mgr.unit_state(unit)
+            return f"{state.active_state}/{state.sub_state}"
+
+    click.echo(f"{name}/{service}: restarted {unit} ({asyncio.run(go())})")

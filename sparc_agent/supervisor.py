@@ -1,0 +1,590 @@
+"""Supervision logic: one state machine per service, pure (no I/O, no clock of its own).
+
+    STARTING ──probe ok──▶ HEALTHY ──retries failures──▶ UNHEALTHY ──▶ BACKOFF ──delay──▶ restart ─▶ STARTING
+        ▲                    ▲  └────────probe ok (while UNHEALTHY/BACKOFF)──────┘            │
+        └── unit active ─────┘                                         budget spent ─▶ FATAL ◀┘
+    STOPPED: the unit was stopped by someone (or failed under policy `no`): observed, never restarted.
+
+The agent (sparc_agent/agent.py) feeds it unit states from D-Bus, probe results and the time, and
+carries out the one action it may return: restart (or hold/start, see below). Everything here is
+testable with a fake clock: every method takes `now` (monotonic seconds).
+
+Not fighting systemd: a container's unit has `Restart=` from the policy, `RestartSec=backoff.initial`
+and `StartLimitBurst=max_restarts+1` within `StartLimitIntervalSec=window` (the renderer). So
+
+- a crash is systemd's to restart. The machine never restarts a unit that is `activating` or in
+  `auto-restart`; it only counts systemd's restarts (NRestarts) toward the crash-loop budget;
+- systemd 252 cannot grow its delay (RestartSteps= came in 254). When the policy's delay for an attempt
+  is longer than RestartSec, the machine asks to *hold* the pending auto-restart (StopUnit on a unit
+  waiting in auto-restart only cancels the timer) and to start the unit itself when its backoff ends;
+- systemd's own `start-limit-hit` is FATAL too: both count the same starts, so they agree.
+
+Probe timing follows kubelet (interval between probe starts, jitter before the first), except that a
+failing or starting service is re-probed every `min(interval, FAST_INTERVAL_S)`, like Envoy's
+`unhealthy_edge_interval`: a hang is confirmed in about `retries * timeout`, not `retries * interval`,
+while a healthy service still costs one probe per interval.
+"""
+
+from __future__ import annotations
+
+import enum
+import random
+from collections import deque
+from collections.abc import Callable, Iterable
+from dataclasses import asdict, dataclass, field
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:  # the model (pydantic) stays out of the agent process: plans come as JSON
+    from .model import Profile
+
+# a starting or failing service is probed this often (at most every `interval`)
+FAST_INTERVAL_S = 0.5
+# at most this much random delay before an adopted service's first probe (kubelet jitters too)
+MAX_JITTER_S = 1.0
+
+
+class State(enum.StrEnum):
+    STARTING = "STARTING"
+    HEALTHY = "HEALTHY"
+    UNHEALTHY = "UNHEALTHY"
+    BACKOFF = "BACKOFF"
+    FATAL = "FATAL"
+    STOPPED = "STOPPED"
+
+
+# ---------------------------------------------------------------- the plan (what to supervise)
+
+
+@dataclass(frozen=True)
+class ServicePlan:
+    name: str
+    unit: str
+    container: str
+    probe: dict[str, Any] | None = (
+        None  # noop.probe_plan() form: {"kind": "http", "port": .., "timeout_s": ..}
+    )
+    interval: float = 5.0
+    timeout: float = 2.0
+    retries: int = 3
+    start_period: float = 0.0
+    policy: str = "on-failure"  # no, on-failure, always
+    backoff_initial: float = 1.0
+    backoff_max: float = 300.0
+    multiplier: float = 2.0
+    max_restarts: int = 5
+    window: float = 600.0
+    depends_on: dict[str, str] = field(default_factory=dict)  # service -> started | healthy
+
+    def backoff(self, attempt: int) -> float:
+        """Delay before restart `attempt` (1-based) of an episode: initial * multiplier^(n-1), capped."""
+        return float(min(self.backoff_initial * self.multiplier ** max(0, attempt - 1), self.backoff_max))
+
+
+@dataclass(frozen=True)
+class StackPlan:
+    stack: str
+    generation: int
+    services: tuple[ServicePlan, ...]
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "stack": self.stack,
+            "generation": self.generation,
+            "services": [asdict(s) for s in self.services],
+        }
+
+    @classmethod
+    def from_json(cls, data: dict[str, Any]) -> StackPlan:
+        return cls(data["stack"], int(data["generation"]), tuple(ServicePlan(**s) for s in data["services"]))
+
+    def dependents(self, name: str) -> list[str]:
+        """Services that depend on `name` being healthy."""
+        return [s.name for s in self.services if s.depends_on.get(name) == "healthy"]
+
+
+def plan_from_profile(profile: Profile, generation: int) -> StackPlan:
+    """The supervision plan of a validated profile (run in a helper process: see agent.load_plan)."""
+    from .checks import start_order
+    from .render import Names
+
+    names = Names(profile.name)
+    services = []
+    for name in start_order(profile):
+        svc = profile.services[name]
+        health, policy = svc.health, svc.restart
+        probe = None
+        timing: dict[str, Any] = {}
+        if health is not None:
+            probe = {"kind": health.kind, **health.probe.model_dump(mode="json"), "timeout_s": health.timeout}
+            timing = dict(
+                interval=health.interval,
+                timeout=health.timeout,
+                retries=health.retries,
+                start_period=health.start_period,
+            )
+        services.append(
+            ServicePlan(
+                name=name,
+                unit=names.service_unit(name),
+                container=names.container(name),
+                probe=probe,
+                policy=policy.policy,
+                backoff_initial=policy.backoff.initial,
+                backoff_max=policy.backoff.max,
+                multiplier=policy.backoff.multiplier,
+                max_restarts=policy.max_restarts,
+                window=policy.window,
+                depends_on=dict(svc.depends_on),
+                **timing,
+            )
+        )
+    return StackPlan(profile.name, generation, tuple(services))
+
+
+# ---------------------------------------------------------------- inputs and outputs
+
+
+@dataclass(frozen=True)
+class UnitView:
+    """The part of systemd.UnitState the machine reads (a UnitState fits as it is)."""
+
+    active_state: str
+    sub_state: str
+    result: str = ""
+    n_restarts: int = 0
+    main_pid: int = 0
+    invocation_id: str = ""
+
+
+@dataclass(frozen=True)
+class ProbeView:
+    outcome: str  # ok, failed, error (sparc_agent.probes.ProbeOutcome values)
+    latency_s: float
+    detail: str = ""
+
+
+class Act(enum.StrEnum):
+    RESTART = "restart"  # RestartUnit (reset-failed first): the service is unhealthy or failed
+    HOLD = "hold"  # StopUnit a unit waiting in auto-restart: the policy's delay is longer than systemd's
+    START = "start"  # StartUnit after a hold
+    STOP = "stop"  # FATAL while systemd would keep restarting: end the loop
+
+
+@dataclass(frozen=True)
+class Action:
+    act: Act
+    reason: str
+    attempt: int
+
+
+Event = dict[str, Any]
+
+
+# ---------------------------------------------------------------- the machine
+
+
+class ServiceMachine:
+    """One service. Feed it `on_unit`, `on_probe`, `on_action_done`; ask `due(now)` for an action."""
+
+    def __init__(
+        self,
+        plan: ServicePlan,
+        now: float,
+        *,
+        rng: Callable[[], float] = random.random,
+        systemd_grows_delay: bool = False,
+    ) -> None:
+        self.plan = plan
+        self.state = State.STOPPED
+        self.reason = "not seen yet"
+        self.since = now
+        self.fails = 0  # consecutive failed probes
+        self.restarts: deque[float] = deque()  # restart times within the window (ours and systemd's)
+        self.restarts_total = 0
+        self.attempt = 0  # restarts in this episode: the backoff exponent; reset by a healthy window
+        self.backoff_until: float | None = None
+        self.healthy_since: float | None = None
+        self.started_at = now  # when the unit last became active (start_period counts from here)
+        self.next_probe_at: float | None = None
+        self.last_probe: ProbeView | None = None
+        self.last_probe_at: float | None = None
+        self.unit: UnitView | None = None
+        self.busy = False  # an action of ours is in flight
+        self.holding = False  # we stopped systemd's pending auto-restart and owe a start
+        self.recovered = False  # set on HEALTHY after a restart: `healthy` dependents are due one
+        self.events: list[Event] = []
+        self._rng = rng
+        self._systemd_grows_delay = systemd_grows_delay
+        self._n_restarts_seen: int | None = None
+        self._restarted = False  # a restart happened since the last HEALTHY
+
+    # ------------------------------------------------------------ helpers
+
+    def _emit(self, event: str, now: float, **fields: Any) -> None:
+        self.events.append({"event": event, "service": self.plan.name, "state": str(self.state), **fields})
+
+    def _to(self, state: State, now: float, reason: str, **fields: Any) -> None:
+        if state is self.state and reason == self.reason:
+            return
+        old = self.state
+        self.state, self.reason, self.since = state, reason, now
+        if state is not State.HEALTHY:
+            self.healthy_since = None
+        self._emit("state", now, previous=str(old), reason=reason, **fields)
+
+    def _prune(self, now: float) -> None:
+        while self.restarts and now - self.restarts[0] >= self.plan.window:
+            self.restarts.popleft()
+
+    def restarts_in_window(self, now: float) -> int:
+        self._prune(now)
+        return len(self.restarts)
+
+    def _count_restart(self, now: float, n: int = 1) -> None:
+        for _ in range(n):
+            self.restarts.append(now)
+        self.restarts_total += n
+        self.attempt += n
+        self._restarted = True
+
+    def _budget_spent(self, now: float) -> bool:
+        return self.restarts_in_window(now) >= self.plan.max_restarts
+
+    def _fatal(self, now: float, reason: str) -> None:
+        self.backoff_until = None
+        self.next_probe_at = None
+        self._to(State.FATAL, now, reason, attempt=self.attempt)
+
+    def _fast(self) -> float:
+        return min(self.plan.interval, FAST_INTERVAL_S)
+
+    @property
+    def has_probe(self) -> bool:
+        return self.plan.probe is not None
+
+    # ------------------------------------------------------------ inputs
+
+    def adopt(self, restart_times: Iterable[float] = ()) -> None:
+        """Carry over restart times (monotonic, this process) recorded by an agent that ran before."""
+        for t in sorted(restart_times):
+            self.restarts.append(t)
+        self.attempt = len(self.restarts)
+
+    def on_unit(self, unit: UnitView, now: float) -> None:
+        prev = self.unit
+        self.unit = unit
+        seen = self._n_restarts_seen
+        self._n_restarts_seen = unit.n_restarts
+        if seen is not None and unit.n_restarts > seen:
+            n = unit.n_restarts - seen
+            self._count_restart(now, n)
+            self._emit(
+                "restart",
+                now,
+                by="systemd",
+                reason=f"systemd Restart= after {prev.result if prev else '?'}",
+                attempt=self.attempt,
+                restarts=self.restarts_in_window(now),
+            )
+            if self.restarts_in_window(now) > self.plan.max_restarts and self.state is not State.FATAL:
+                self._fatal(now, f"{self.restarts_in_window(now)} restarts within {self.plan.window:g}s")
+        new_invocation = prev is not None and unit.invocation_id != prev.invocation_id and unit.invocation_id
+        a, s = unit.active_state, unit.sub_state
+
+        if self.state is State.FATAL:
+            # someone started it by hand (`sparc-agent restart`, systemctl): a fresh start, a fresh budget
+            manual = (
+                new_invocation
+                and a == "active"
+                and not self.busy
+                and not (seen is not None and unit.n_restarts > seen)
+            )
+            if manual:
+                self.restarts.clear()
+                self.attempt = 0
+                self._enter_starting(now, "started by hand: FATAL cleared")
+            return
+        if a == "failed" and unit.result == "start-limit-hit":
+            self._fatal(now, f"systemd start limit hit (StartLimitBurst={self.plan.max_restarts + 1})")
+            return
+        if self.busy:
+            return  # our own restart: its outcome arrives through on_action_done
+        if a == "active":
+            # only a transition into active is news: other property changes of a running unit are not
+            became_active = prev is None or prev.active_state != "active" or new_invocation
+            if became_active or self.holding:
+                self.holding = False
+                self.backoff_until = None
+                self._enter_starting(now, "unit active")
+            return
+        if a in ("activating", "reloading") or s == "auto-restart":
+            # systemd is (re)starting it: never a second restart from us
+            if s == "auto-restart" and not self.holding and self.plan.policy != "no":
+                self._on_crash(now, unit, systemd_restarting=True)
+            return
+        if a == "failed":
+            if self.plan.policy == "no":
+                self._to(State.STOPPED, now, f"failed ({unit.result}); policy no: not restarted")
+            else:
+                self._on_crash(now, unit, systemd_restarting=False)
+            return
+        # inactive/dead, deactivating
+        if self.holding:
+            return
+        if a == "inactive" and self.state is not State.BACKOFF:
+            self.next_probe_at = None
+            self._to(State.STOPPED, now, "stopped (not by the agent)")
+        elif a == "inactive" and self.state is State.BACKOFF and self.backoff_until is None:
+            # systemd 252 passes through inactive/dead between auto-restart and the new start
+            pass
+
+    def _on_crash(self, now: float, unit: UnitView, *, systemd_restarting: bool) -> None:
+        """The unit failed. systemd may be restarting it; else we will, after the backoff."""
+        self.next_probe_at = None
+        self.fails = 0
+        if self.state is State.BACKOFF:
+            return  # already waiting (systemd 252 shows failed, then auto-restart, for one crash)
+        if self._budget_spent(now) and not systemd_restarting:
+            self._fatal(
+                now,
+                f"{self.restarts_in_window(now)} restarts within {self.plan.window:g}s; last: {unit.result}",
+            )
+            return
+        delay = self.plan.backoff(self.attempt + 1)
+        # systemd's RestartSec is backoff.initial: when the policy wants longer, hold its restart
+        self.holding = False
+        self.backoff_until = now + delay
+        self._to(
+            State.BACKOFF,
+            now,
+            f"unit {unit.active_state} ({unit.result or unit.sub_state})",
+            attempt=self.attempt + 1,
+            backoff=round(delay, 3),
+        )
+
+    def _enter_starting(self, now: float, reason: str) -> None:
+        self.fails = 0
+        self.started_at = now
+        if self.unit is not None and not self.has_probe:
+            self._healthy(now, "running (no probe)")
+            return
+        self.next_probe_at = now + (
+            self._rng() * min(self.plan.interval, MAX_JITTER_S) if reason == "adopted" else 0.0
+        )
+        self._to(State.STARTING, now, reason)
+
+    def _healthy(self, now: float, reason: str) -> None:
+        self.fails = 0
+        self.backoff_until = None
+        if self.state is not State.HEALTHY:
+            self._to(State.HEALTHY, now, reason)
+            self.healthy_since = now
+            if self._restarted:
+                self.recovered = True
+                self._restarted = False
+        self.next_probe_at = now + self.plan.interval if self.has_probe else None
+
+    def adopt_running(self, unit: UnitView, now: float) -> None:
+        """The agent just started: take the unit as it is (never restart what runs)."""
+        self.unit = unit
+        self._n_restarts_seen = unit.n_restarts
+        if unit.active_state == "active":
+            self._enter_starting(now, "adopted")
+        else:
+            self.unit = None  # let on_unit judge a failed or stopped unit as a change
+            self._n_restarts_seen = unit.n_restarts
+            self.on_unit(unit, now)
+
+    def probe_due(self, now: float) -> bool:
+        return (
+            self.has_probe
+            and not self.busy
+            and self.next_probe_at is not None
+            and now >= self.next_probe_at
+            and self.unit is not None
+            and self.unit.active_state == "active"
+        )
+
+    def on_probe(self, result: ProbeView, now: float) -> None:
+        self.last_probe, self.last_probe_at = result, now
+        if self.state in (State.FATAL, State.STOPPED) or self.busy:
+            self.next_probe_at = None
+            return
+        if result.outcome == "ok":
+            self._healthy(now, f"{self.plan.probe['kind'] if self.plan.probe else ''} probe ok".strip())
+            return
+        if result.outcome == "error":
+            # our bug, not the service's: never a reason to restart; say so and keep probing
+            self._emit("probe_error", now, probe=result.detail)
+            self.next_probe_at = now + self.plan.interval
+            return
+        self.next_probe_at = now + self._fast()
+        if self.state is State.STARTING and now - self.started_at < self.plan.start_period:
+            return  # failures in the start period do not count
+        self.fails += 1
+        if self.state is State.HEALTHY:
+            self._emit("probe_failed", now, probe=result.detail, fails=self.fails, retries=self.plan.retries)
+        if self.fails < self.plan.retries or self.state in (State.UNHEALTHY, State.BACKOFF):
+            return
+        self._to(State.UNHEALTHY, now, f"{self.fails} probes failed: {result.detail}", probe=result.detail)
+        if self.plan.policy == "no":
+            self._emit("restart_skipped", now, reason="policy no")
+            return
+        if self._budget_spent(now):
+            self._fatal(
+                now,
+                f"{self.restarts_in_window(now)} restarts within {self.plan.window:g}s;"
+                f" still unhealthy: {result.detail}",
+            )
+            return
+        delay = self.plan.backoff(self.attempt + 1)
+        self.backoff_until = now + delay
+        self._to(
+            State.BACKOFF,
+            now,
+            f"unhealthy: {result.detail}",
+            attempt=self.attempt + 1,
+            backoff=round(delay, 3),
+        )
+
+    def due(self, now: float) -> Action | None:
+        """The action to take now, if any; the caller runs it, then calls on_action_done."""
+        self._reset_if_healthy_long(now)
+        unit = self.unit
+        if (
+            self.state is State.FATAL
+            and not self.busy
+            and unit is not None
+            and unit.sub_state == "auto-restart"
+        ):
+            self.busy = True  # FATAL means no more restarts, systemd's included
+            return Action(Act.STOP, "FATAL: cancel systemd's pending restart", self.attempt)
+        if self.busy or self.state is State.FATAL:
+            return None
+        if self.state is State.BACKOFF and unit is not None:
+            restarting = unit.active_state == "activating" or unit.sub_state == "auto-restart"
+            if restarting and not self.holding:
+                # systemd's restart is pending: let it be, unless the policy wants a longer pause
+                if (
+                    not self._systemd_grows_delay
+                    and self.backoff_until is not None
+                    and self.plan.backoff(self.attempt + 1) > self.plan.backoff_initial
+                    and unit.sub_state == "auto-restart"
+                ):
+                    self.busy = True
+                    return Action(Act.HOLD, "policy backoff longer than RestartSec", self.attempt + 1)
+                return None
+            if self.backoff_until is not None and now >= self.backoff_until:
+                if unit.active_state == "inactive" and not self.holding:
+                    # not failed, not restarting, not held by us: someone stopped it meanwhile
+                    self.backoff_until = None
+                    self._to(State.STOPPED, now, "stopped (not by the agent)")
+                    return None
+                if self._budget_spent(now):
+                    self._fatal(now, f"{self.restarts_in_window(now)} restarts within {self.plan.window:g}s")
+                    return None
+                self.busy = True
+                act = Act.START if self.holding or unit.active_state != "active" else Act.RESTART
+                return Action(act, self.reason, self.attempt + 1)
+        return None
+
+    def on_action_done(self, action: Action, ok: bool, now: float, detail: str = "") -> None:
+        self.busy = False
+        if action.act is Act.HOLD:
+            self.holding = ok
+            return
+        if action.act is Act.STOP:
+            return
+        self.holding = False
+        self._count_restart(now)
+        self.backoff_until = None
+        self._emit(
+            "restart", now, by="agent", reason=action.reason, attempt=self.attempt, ok=ok, detail=detail
+        )
+        if ok:
+            self._enter_starting(now, f"restarted ({action.reason})")
+        elif self._budget_spent(now):
+            self._fatal(now, f"restart failed: {detail}")
+        else:
+            delay = self.plan.backoff(self.attempt + 1)
+            self.backoff_until = now + delay
+            self._to(
+                State.BACKOFF,
+                now,
+                f"restart failed: {detail}",
+                attempt=self.attempt + 1,
+                backoff=round(delay, 3),
+            )
+
+    def dependency_recovered(self, dep: str, now: float) -> Action | None:
+        """A `healthy` dependency came back after a restart: restart this one too (not counted as a crash)."""
+        if self.busy or self.state in (State.FATAL, State.STOPPED) or self.plan.policy == "no":
+            return None
+        self.busy = True
+        return Action(Act.RESTART, f"dependency {dep} recovered", 0)
+
+    def on_dependent_restart_done(self, ok: bool, now: float, reason: str, detail: str = "") -> None:
+        self.busy = False
+        self._emit("restart", now, by="agent", reason=reason, attempt=0, ok=ok, detail=detail)
+        if ok:
+            self._enter_starting(now, f"restarted ({reason})")
+
+    def clear_fatal(self, now: float) -> None:
+        """`sparc-agent restart`: forget the budget; the next unit change decides the state."""
+        self.restarts.clear()
+        self.attempt = 0
+        self.backoff_until = None
+        self.holding = False
+        if self.state is State.FATAL:
+            self._to(State.STOPPED, now, "FATAL cleared by sparc-agent restart")
+
+    def _reset_if_healthy_long(self, now: float) -> None:
+        if (
+            self.state is State.HEALTHY
+            and self.healthy_since is not None
+            and now - self.healthy_since >= self.plan.window
+            and (self.attempt or self.restarts)
+        ):
+            self.restarts.clear()
+            self.attempt = 0
+            self._emit("reset", now, reason=f"healthy for {self.plan.window:g}s: restart count reset")
+
+    def next_wakeup(self) -> float | None:
+        """When `due`/`probe_due` may next have something to do (None: only an input can change that)."""
+        times = [t for t in (self.next_probe_at, self.backoff_until) if t is not None]
+        if self.state is State.HEALTHY and self.healthy_since is not None and (self.attempt or self.restarts):
+            times.append(self.healthy_since + self.plan.window)
+        return min(times) if times else None
+
+    def drain(self) -> list[Event]:
+        events, self.events = self.events, []
+        return events
+
+    def snapshot(self, now: float, wall: float) -> dict[str, Any]:
+        """For the state file: times as wall-clock epochs."""
+
+        def epoch(t: float | None) -> float | None:
+            return None if t is None else round(wall + (t - now), 3)
+
+        probe = None
+        if self.last_probe is not None:
+            probe = {
+                "outcome": self.last_probe.outcome,
+                "latency_ms": round(self.last_probe.latency_s * 1000, 1),
+                "detail": self.last_probe.detail,
+                "at": epoch(self.last_probe_at),
+            }
+        return {
+            "state": str(self.state),
+            "reason": self.reason,
+            "since": epoch(self.since),
+            "probe": probe,
+            "restarts": self.restarts_in_window(now),
+            "restarts_total": self.restarts_total,
+            "restart_times": [epoch(t) for t in self.restarts],
+            "attempt": self.attempt,
+            "backoff_until": epoch(self.backoff_until),
+            "fatal_reason": self.reason if self.state is State.FATAL else None,
+            "unit": f"{self.unit.active_state}/{self.unit.sub_state}" if self.unit else None,
+            "main_pid": self.unit.main_pid if self.unit else 0,
+        }
