@@ -341,8 +341,9 @@ class ApplyReport:
 
 def _secret_updates(
     profile: Profile, store: Store, current: Generation | None
-) -> tuple[dict[str, str], dict[str, bytes]]:
-    """Fingerprints of every declared secret, and the values of those that changed (or are missing)."""
+) -> tuple[dict[str, str], dict[str, bytes], set[str]]:
+    """Fingerprints of every declared secret, the values of those that changed or are missing,
+    and the podman secrets that do not exist yet."""
     salt_path = store.root / "secret.salt"
     if not salt_path.exists():
         store.root.mkdir(parents=True, exist_ok=True)
@@ -359,7 +360,7 @@ def _secret_updates(
         fingerprints[name] = podman.fingerprint(salt, value)
         if before.get(name) != fingerprints[name] or names.secret(name) in absent:
             changed[name] = value
-    return fingerprints, changed
+    return fingerprints, changed, absent
 
 
 def apply(
@@ -387,10 +388,10 @@ async def apply_async(loaded: LoadedProfile, options: ApplyOptions, log: TextIO)
         async with await UserManager.connect() as mgr:
             report.pulled = await podman.pull_missing((s.image for s in profile.services.values()), log)
             current = store.current()
-            fingerprints, secret_values = _secret_updates(profile, store, current)
+            fingerprints, secret_values, absent = _secret_updates(profile, store, current)
             names = Names(profile.name)
             for name, value in secret_values.items():
-                podman.put_secret(names.secret(name), value)
+                podman.put_secret(names.secret(name), value, exists=names.secret(name) not in absent)
             meta = {
                 "status": "applying",
                 "input_key": options.input_key,

@@ -98,12 +98,14 @@ def missing_secrets(names: Iterable[str]) -> set[str]:
     wanted = list(dict.fromkeys(names))
     if not wanted or _run("secret", "inspect", "--format", "{{.ID}}", *wanted).returncode == 0:
         return set()
+    if len(wanted) == 1:
+        return set(wanted)
     return {name for name in wanted if not secret_exists(name)}
 
 
-def put_secret(name: str, value: bytes) -> None:
+def put_secret(name: str, value: bytes, exists: bool) -> None:
     """(Re)create podman secret `name` from stdin: the value never appears in argv."""
-    if secret_exists(name):
+    if exists:
         _run("secret", "rm", name)
     done = _run("secret", "create", name, "-", stdin=value)
     if done.returncode != 0:

@@ -52,3 +52,20 @@ def test_diff_down_and_purge(
     assert not [p for p in mgr.config_dir.rglob("*") if p.is_file()]
     secrets = podman("secret", "ls", "--format", "{{.Name}}").stdout.split()
     assert f"{mgr.name}-openai-api-key" not in secrets
+
+
+def test_changed_secret_restarts_its_consumer_only(
+    user_manager: UserManager, standin_images: dict[str, str], tmp_path: Path
+) -> None:
+    mgr = user_manager
+    doc = avatar_profile(mgr, tmp_path)
+    profile = write_profile(doc, tmp_path / "p.yaml")
+    assert sparc(mgr, "apply", str(profile)).returncode == 0
+    env = podman("exec", f"{mgr.name}-mas", "printenv", "OPENAI_API_KEY").stdout.strip()
+    assert env == "sk-test-not-a-real-key"
+    (tmp_path / "openai.key").write_text("sk-rotated\n")
+    again = sparc(mgr, "apply", str(profile))
+    assert again.returncode == 0, again.stdout + again.stderr
+    assert "1 restarted" in again.stdout and "0 files written" in again.stdout, again.stdout
+    assert podman("exec", f"{mgr.name}-mas", "printenv", "OPENAI_API_KEY").stdout.strip() == "sk-rotated"
+    assert "sk-rotated" not in again.stdout + again.stderr  # never echoed
