@@ -224,5 +224,49 @@ main.add_command(run)
 main.add_command(logs)
 main.add_command(restart)
 
+@main.command("render-agent-unit")
+@click.option(
+    "--exec-start",
+    default="%h/.local/bin/sparc-agent",
+    show_default=True,
+    metavar="PATH",
+    help="The sparc-agent the unit runs (`PATH run`).",
+)
+@_reports_errors
+def render_agent_unit_cmd(exec_start: str) -> None:
+    """Print the agent's own user unit, sparc-agent.service (install.sh writes it to the user unit dir)."""
+    from .render import render_agent_unit
+
+    click.echo(render_agent_unit(exec_start=(exec_start, "run")), nl=False)
+
+
+@main.command()
+@click.argument("profile", required=False, type=click.Path(dir_okay=False))
+@click.option("--json", "as_json", is_flag=True, help="Machine-readable output.")
+def doctor(profile: str | None, as_json: bool) -> None:
+    """Check this machine for running stacks rootless; with PROFILE also its ports, GPUs and images.
+
+    Each finding is ok, warn or fail, with a fix. Exit 0 all ok, 1 warnings, 3 blocking problems.
+    """
+    import json
+
+    from . import doctor as checks
+
+    loaded = None
+    problem = None
+    if profile is not None:
+        try:
+            loaded = _load(profile, (), ())
+        except SparcError as exc:
+            problem = checks.fail("profile", str(exc), f"fix it, then `sparc-agent validate {profile}`")
+    report = checks.run(loaded.profile if loaded is not None else None)
+    if problem is not None:
+        report.checks.insert(0, problem)
+    elif loaded is not None:
+        report.checks.insert(0, checks.ok("profile", f"{profile}: stack {loaded.profile.name} is valid"))
+    click.echo(json.dumps(report.as_dict(), indent=2) if as_json else report.format())
+    sys.exit(report.exit_code)
+
+
 if __name__ == "__main__":
     main()
