@@ -80,9 +80,13 @@ def write_profile(doc: dict[str, Any], path: Path) -> Path:
 def sparc(
     mgr: UserManager, *args: str, timeout: float = 300, env: dict[str, str] | None = None
 ) -> subprocess.CompletedProcess[str]:
-    """Run the CLI against this manager (its bus, its XDG dirs), as a user would."""
+    """Run the CLI against this manager (its bus, its XDG dirs), as a user would.
+
+    A manager with a `sparc_command` (trixiehost.TrixieManager) says how to run the CLI where it lives."""
+    command = getattr(mgr, "sparc_command", None)
+    argv = command(*args) if command is not None else [*SPARC_AGENT, *args]
     return subprocess.run(
-        [*SPARC_AGENT, *args], env=mgr.environ(**(env or {})), capture_output=True, text=True, timeout=timeout
+        argv, env=mgr.environ(**(env or {})), capture_output=True, text=True, timeout=timeout
     )
 
 

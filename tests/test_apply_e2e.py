@@ -2,11 +2,14 @@
 
 from __future__ import annotations
 
+import json
+import time
 from pathlib import Path
 
 import pytest
 from stackfiles import avatar_profile, sparc, status, unit_props, write_profile
 from testhost import UserManager
+from trixiehost import NETWORK, ApplyHost, TrixieManager
 
 pytestmark = [pytest.mark.e2e, pytest.mark.slow]
 
@@ -19,14 +22,32 @@ def pids(mgr: UserManager, stack: str) -> dict[str, tuple[str, str]]:
     }
 
 
-def test_fresh_apply_then_noop(
-    user_manager: UserManager, standin_images: dict[str, str], tmp_path: Path
-) -> None:
-    mgr = user_manager
+def test_fresh_apply_then_noop(apply_host: ApplyHost) -> None:
+    """On both hosts (apply_host: bookworm = podman 4.3.1, trixie = podman 5.4 + systemd 257)."""
+    mgr, tmp_path = apply_host.mgr, apply_host.tmp
     profile = write_profile(avatar_profile(mgr, tmp_path), tmp_path / "p.yaml")
+    t0 = time.monotonic()
     done = sparc(mgr, "apply", str(profile))
+    fresh = time.monotonic() - t0
     assert done.returncode == 0, done.stdout + done.stderr
     assert "5/5 services healthy" in done.stdout
+    print(f"fresh apply on {apply_host.kind}: {fresh:.2f} s")
+    # rendered for what this host runs: the version-aware paths, each on the host that needs it
+    meta = json.loads((mgr.state_dir / "sparc-agent" / mgr.name / "current" / "meta.json").read_text())
+    mas = (mgr.quadlet_dir / f"{mgr.name}-mas.container").read_text()
+    assert (mgr.quadlet_dir / f"{mgr.name}.pod").is_file() and "StartWithPod=false" in mas
+    assert "Secret=" in mas
+    volume_file = (mgr.quadlet_dir / f"{mgr.name}-riva-models.volume").is_file()
+    if apply_host.kind == "trixie":
+        assert meta["target"] == {"podman": "5.4", "quadlet": "5.4", "systemd": 257}, meta["target"]
+        assert "%t/%N.cid" not in mas  # podman 5 deletes its id files itself
+        assert volume_file  # `.volume` needs `podman volume create --ignore` (4.4)
+        assert isinstance(mgr, TrixieManager)
+        networks = mgr.podman("pod", "inspect", mgr.name, "--format", "{{.InfraConfig.Networks}}").stdout
+        assert NETWORK in networks, networks  # not the host podman's 10.88.0.0/16 (see trixiehost.NETWORK)
+    else:
+        assert meta["target"]["podman"] == "4.3" and meta["target"]["systemd"] == 252, meta["target"]
+        assert "ExecStartPre=-/bin/rm -f %t/%N.cid" in mas and not volume_file
     report = status(mgr, mgr.name)
     assert [s["health"] for s in report["services"]] == ["ok"] * 5, report
     assert all(s["state"] == "active/running" for s in report["services"]), report
@@ -59,10 +80,8 @@ def _apply_ok(mgr: UserManager, profile: Path) -> str:
     return done.stdout
 
 
-def test_env_change_restarts_only_that_service_and_its_healthy_dependents(
-    user_manager: UserManager, standin_images: dict[str, str], tmp_path: Path
-) -> None:
-    mgr = user_manager
+def test_env_change_restarts_only_that_service_and_its_healthy_dependents(apply_host: ApplyHost) -> None:
+    mgr, tmp_path = apply_host.mgr, apply_host.tmp
     doc = avatar_profile(mgr, tmp_path)
     _apply_ok(mgr, write_profile(doc, tmp_path / "p.yaml"))
     before = pids(mgr, mgr.name)
@@ -75,10 +94,8 @@ def test_env_change_restarts_only_that_service_and_its_healthy_dependents(
     assert all(after[s][1] == "0" for s in SERVICES)  # restarts by apply, not crashes
 
 
-def test_removed_service_is_stopped_and_its_file_pruned(
-    user_manager: UserManager, standin_images: dict[str, str], tmp_path: Path
-) -> None:
-    mgr = user_manager
+def test_removed_service_is_stopped_and_its_file_pruned(apply_host: ApplyHost) -> None:
+    mgr, tmp_path = apply_host.mgr, apply_host.tmp
     doc = avatar_profile(mgr, tmp_path)
     _apply_ok(mgr, write_profile(doc, tmp_path / "p.yaml"))
     del doc["services"]["unity"]
@@ -100,10 +117,8 @@ def test_foreign_file_is_never_touched(user_manager: UserManager, tmp_path: Path
     assert not (mgr.quadlet_dir / f"{mgr.name}.pod").exists()
 
 
-def test_broken_image_rolls_back_to_the_running_generation(
-    user_manager: UserManager, standin_images: dict[str, str], tmp_path: Path
-) -> None:
-    mgr = user_manager
+def test_broken_image_rolls_back_to_the_running_generation(apply_host: ApplyHost) -> None:
+    mgr, tmp_path, standin_images = apply_host.mgr, apply_host.tmp, apply_host.images
     doc = avatar_profile(mgr, tmp_path)
     _apply_ok(mgr, write_profile(doc, tmp_path / "p.yaml"))
     good_mas = unit_props(mgr, f"{mgr.name}-mas.service")["MainPID"]
