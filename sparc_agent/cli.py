@@ -224,6 +224,7 @@ main.add_command(run)
 main.add_command(logs)
 main.add_command(restart)
 
+
 @main.command("render-agent-unit")
 @click.option(
     "--exec-start",

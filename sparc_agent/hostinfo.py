@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+import os
 import re
 import shutil
 import subprocess
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
+from pathlib import Path
 
 from .render.versions import Target, Version
 
@@ -19,11 +21,22 @@ class HostVersions:
     quadlet: Version | None
     quadlet_path: str | None
     systemd: int | None
+    rootless_v1_cgroups: bool = False  # see Target.rootless_v1_cgroups
 
     def target(self) -> Target:
         default = Target()
         podman = self.podman or default.podman
-        return Target(podman=podman, quadlet=self.quadlet or podman, systemd=self.systemd or default.systemd)
+        return Target(
+            podman=podman,
+            quadlet=self.quadlet or podman,
+            systemd=self.systemd or default.systemd,
+            rootless_v1_cgroups=self.rootless_v1_cgroups,
+        )
+
+
+def rootless_v1_cgroups(cgroup_root: Path = Path("/sys/fs/cgroup")) -> bool:
+    """Rootless, on a host whose cgroup v1 controllers are mounted (v1 or hybrid; not pure v2)."""
+    return os.geteuid() != 0 and not (cgroup_root / "cgroup.controllers").exists()
 
 
 def _output(argv: list[str]) -> str | None:
@@ -55,4 +68,5 @@ def detect() -> HostVersions:
         _version(outputs["quadlet"]),
         quadlet_path,
         int(m.group(1)) if m else None,
+        rootless_v1_cgroups(),
     )

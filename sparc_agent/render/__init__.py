@@ -245,6 +245,8 @@ def _container(
         podman_args.append(f"--cpus={svc.resources.cpus:g}")
     if svc.resources and svc.resources.memory:
         podman_args.append(f"--memory={svc.resources.memory}")
+    if target.rootless_v1_cgroups:  # overrides the --cgroups=split quadlet generates (see Target)
+        podman_args.append("--cgroups=enabled")
     pod_file = None
     pod_units: list[str] = []
     if target.has(".pod"):

@@ -57,6 +57,10 @@ class Target:
     podman: Version = Version(5, 4)
     quadlet: Version = Version(5, 4)  # the generator usually ships with podman; test hosts may differ
     systemd: int = 252
+    # rootless podman where cgroup v1 controllers exist (v1 or hybrid hosts): quadlet's --cgroups=split
+    # cannot create the controller dirs ("mkdir /sys/fs/cgroup/pids/...: permission denied"); the
+    # containers run with --cgroups=enabled instead. Never set for root or for cgroup v2 (PubApps).
+    rootless_v1_cgroups: bool = False
 
     @classmethod
     def for_podman(cls, version: str, systemd: int = 252) -> Target:
