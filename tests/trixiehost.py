@@ -539,6 +539,14 @@ class ApplyHost:
     images: dict[str, str]
     tmp: Path  # scratch dir at a path sparc-agent sees too (profiles, secret files)
 
+    def podman(
+        self, *args: str, check: bool = True, timeout: float = 120
+    ) -> subprocess.CompletedProcess[str]:
+        """podman of this host's store (the root's own one for trixie)."""
+        if isinstance(self.mgr, TrixieManager):
+            return self.mgr.podman(*args, check=check, timeout=timeout)
+        return podman(*args, check=check, timeout=timeout)
+
 
 @pytest.fixture(params=["bookworm", "trixie"])
 def apply_host(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[ApplyHost]:
