@@ -203,10 +203,12 @@ def render(profile: Profile, target: Target) -> dict[str, str]:
 def render_agent_unit(
     exec_start: tuple[str, ...] = ("%h/.local/bin/sparc-agent", "run"), watchdog: float = 30
 ) -> str:
+    # %h must stay a specifier (the user's home): unit_word would escape it to a literal "%%h"
+    words = [f'"%h{unit_word(w[2:])[1:]}' if w.startswith("%h/") else unit_word(w) for w in exec_start]
     body = (
         _environment()
         .get_template("units/sparc-agent.service.j2")
-        .render(exec_start=exec_start, watchdog=seconds(watchdog))
+        .render(exec_start=" ".join(words), watchdog=seconds(watchdog))
     )
     return header("sparc-agent", body) + body
 
