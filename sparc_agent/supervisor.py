@@ -216,6 +216,9 @@ class ServiceMachine:
         self._rng = rng
         self._systemd_grows_delay = systemd_grows_delay
         self._n_restarts_seen: int | None = None
+        self._fatal_invocation = ""
+        self.backoff_delay = 0.0  # the delay of the current BACKOFF
+        self._episode_counted = False  # systemd's NRestarts already counted this episode's restart
         self._restarted = False  # a restart happened since the last HEALTHY
 
     # ------------------------------------------------------------ helpers
@@ -251,6 +254,7 @@ class ServiceMachine:
         return self.restarts_in_window(now) >= self.plan.max_restarts
 
     def _fatal(self, now: float, reason: str) -> None:
+        self._fatal_invocation = self.unit.invocation_id if self.unit else ""
         self.backoff_until = None
         self.next_probe_at = None
         self._to(State.FATAL, now, reason, attempt=self.attempt)
@@ -275,29 +279,38 @@ class ServiceMachine:
         self.unit = unit
         seen = self._n_restarts_seen
         self._n_restarts_seen = unit.n_restarts
-        if seen is not None and unit.n_restarts > seen:
+        systemd_restarted = seen is not None and unit.n_restarts > seen
+        self._on_unit_state(unit, prev, systemd_restarted, now)
+        # counted after the state change: NRestarts ticks on entering auto-restart, in one episode
+        if systemd_restarted and seen is not None:
             n = unit.n_restarts - seen
             self._count_restart(now, n)
+            if self.state is State.BACKOFF:
+                self._episode_counted = True
             self._emit(
                 "restart",
                 now,
                 by="systemd",
-                reason=f"systemd Restart= after {prev.result if prev else '?'}",
+                reason=f"systemd Restart= after {unit.result or (prev.result if prev else '?')}",
                 attempt=self.attempt,
                 restarts=self.restarts_in_window(now),
             )
             if self.restarts_in_window(now) > self.plan.max_restarts and self.state is not State.FATAL:
                 self._fatal(now, f"{self.restarts_in_window(now)} restarts within {self.plan.window:g}s")
+
+    def _on_unit_state(
+        self, unit: UnitView, prev: UnitView | None, systemd_restarted: bool, now: float
+    ) -> None:
         new_invocation = prev is not None and unit.invocation_id != prev.invocation_id and unit.invocation_id
         a, s = unit.active_state, unit.sub_state
 
         if self.state is State.FATAL:
             # someone started it by hand (`sparc-agent restart`, systemctl): a fresh start, a fresh budget
             manual = (
-                new_invocation
-                and a == "active"
+                a == "active"
+                and unit.invocation_id != self._fatal_invocation
                 and not self.busy
-                and not (seen is not None and unit.n_restarts > seen)
+                and not systemd_restarted
             )
             if manual:
                 self.restarts.clear()
@@ -353,7 +366,7 @@ class ServiceMachine:
         delay = self.plan.backoff(self.attempt + 1)
         # systemd's RestartSec is backoff.initial: when the policy wants longer, hold its restart
         self.holding = False
-        self.backoff_until = now + delay
+        self.backoff_until, self.backoff_delay, self._episode_counted = now + delay, delay, False
         self._to(
             State.BACKOFF,
             now,
@@ -438,7 +451,7 @@ class ServiceMachine:
             )
             return
         delay = self.plan.backoff(self.attempt + 1)
-        self.backoff_until = now + delay
+        self.backoff_until, self.backoff_delay, self._episode_counted = now + delay, delay, False
         self._to(
             State.BACKOFF,
             now,
@@ -468,7 +481,7 @@ class ServiceMachine:
                 if (
                     not self._systemd_grows_delay
                     and self.backoff_until is not None
-                    and self.plan.backoff(self.attempt + 1) > self.plan.backoff_initial
+                    and self.backoff_delay > self.plan.backoff_initial
                     and unit.sub_state == "auto-restart"
                 ):
                     self.busy = True
@@ -496,7 +509,10 @@ class ServiceMachine:
         if action.act is Act.STOP:
             return
         self.holding = False
-        self._count_restart(now)
+        if self._episode_counted:  # systemd's NRestarts counted it when it entered auto-restart
+            self._episode_counted = False
+        else:
+            self._count_restart(now)
         self.backoff_until = None
         self._emit(
             "restart", now, by="agent", reason=action.reason, attempt=self.attempt, ok=ok, detail=detail
@@ -507,7 +523,7 @@ class ServiceMachine:
             self._fatal(now, f"restart failed: {detail}")
         else:
             delay = self.plan.backoff(self.attempt + 1)
-            self.backoff_until = now + delay
+            self.backoff_until, self.backoff_delay, self._episode_counted = now + delay, delay, False
             self._to(
                 State.BACKOFF,
                 now,

@@ -1,0 +1,328 @@
+"""The supervision state machine with a fake clock: no systemd, no sockets, no sleeping."""
+
+from __future__ import annotations
+
+import io
+import json
+import socket
+import struct
+from typing import Any
+
+import pytest
+
+from sparc_agent.supervisor import (
+    Act,
+    Action,
+    ProbeView,
+    ServiceMachine,
+    ServicePlan,
+    StackPlan,
+    State,
+    UnitView,
+)
+
+pytestmark = pytest.mark.unit
+
+OK = ProbeView("ok", 0.01, "HTTP 200")
+FAIL = ProbeView("failed", 1.0, "timed out after 1s")
+ERROR = ProbeView("error", 0.0, "ValueError: our bug")
+
+
+def plan(**kw: Any) -> ServicePlan:
+    base: dict[str, Any] = dict(
+        name="web",
+        unit="s-web.service",
+        container="s-web",
+        probe={"kind": "http", "port": 8000, "path": "/", "status": [200, 399], "timeout_s": 1.0},
+        interval=2.0,
+        timeout=1.0,
+        retries=2,
+        backoff_initial=1.0,
+        backoff_max=8.0,
+        max_restarts=3,
+        window=60.0,
+    )
+    base.update(kw)
+    return ServicePlan(**base)
+
+
+def running(inv: str = "a", n: int = 0) -> UnitView:
+    return UnitView("active", "running", "success", n, 100, inv)
+
+
+def failed(result: str = "signal", n: int = 0, inv: str = "a") -> UnitView:
+    return UnitView("failed", "failed", result, n, 0, inv)
+
+
+def auto_restart(n: int = 0, inv: str = "a") -> UnitView:
+    return UnitView("activating", "auto-restart", "signal", n, 0, inv)
+
+
+def healthy_machine(p: ServicePlan | None = None, t: float = 0.0) -> ServiceMachine:
+    m = ServiceMachine(p or plan(), t, rng=lambda: 0.0)
+    m.adopt_running(running(), t)
+    if m.has_probe:
+        assert m.probe_due(t)
+        m.on_probe(OK, t)
+    assert m.state is State.HEALTHY
+    return m
+
+
+def test_backoff_is_capped_exponential() -> None:
+    p = plan(backoff_initial=1.0, backoff_max=8.0, multiplier=2.0)
+    assert [p.backoff(n) for n in range(1, 7)] == [1, 2, 4, 8, 8, 8]
+
+
+def test_adoption_probes_with_jitter_and_never_restarts() -> None:
+    m = ServiceMachine(plan(interval=5.0), 0.0, rng=lambda: 0.5)
+    m.adopt_running(running(), 0.0)
+    assert m.state is State.STARTING
+    assert m.next_probe_at == pytest.approx(0.5)  # half of min(interval, 1 s)
+    assert m.due(0.0) is None
+    m.on_probe(OK, 0.6)
+    assert m.state is State.HEALTHY and m.next_probe_at == pytest.approx(5.6)
+
+
+def test_hang_is_confirmed_after_retries_then_restarted_after_backoff() -> None:
+    m = healthy_machine()
+    m.on_probe(FAIL, 3.0)
+    assert m.state is State.HEALTHY and m.next_probe_at == pytest.approx(3.5)  # re-probe fast
+    m.on_probe(FAIL, 4.5)
+    assert m.state is State.BACKOFF and m.backoff_until == pytest.approx(5.5)
+    assert m.due(5.0) is None
+    action = m.due(5.5)
+    assert action == Action(Act.RESTART, "unhealthy: timed out after 1s", 1)
+    assert m.due(5.6) is None  # busy: never two at once
+    m.on_action_done(action, True, 6.2)
+    assert m.state is State.STARTING and m.restarts_in_window(6.2) == 1
+    m.on_unit(running("b"), 6.2)
+    m.on_probe(OK, 6.5)
+    assert m.state is State.HEALTHY and m.recovered
+    events = [e["event"] for e in m.drain()]
+    assert "restart" in events and events.count("state") >= 4
+
+
+def test_probe_ok_during_backoff_cancels_the_restart() -> None:
+    m = healthy_machine()
+    m.on_probe(FAIL, 3.0)
+    m.on_probe(FAIL, 4.5)
+    assert m.state is State.BACKOFF
+    m.on_probe(OK, 5.0)
+    assert m.state is State.HEALTHY and m.due(10.0) is None
+
+
+def test_probe_errors_are_ours_and_never_restart() -> None:
+    m = healthy_machine()
+    for t in range(3, 30, 2):
+        m.on_probe(ERROR, float(t))
+    assert m.state is State.HEALTHY and m.due(40.0) is None
+    assert any(e["event"] == "probe_error" for e in m.drain())
+
+
+def test_start_period_failures_do_not_count() -> None:
+    m = ServiceMachine(plan(start_period=10.0), 0.0, rng=lambda: 0.0)
+    m.adopt_running(running(), 0.0)
+    for t in (0.0, 2.0, 4.0, 6.0, 8.0):
+        m.on_probe(FAIL, t)
+    assert m.state is State.STARTING
+    m.on_probe(FAIL, 10.5)
+    m.on_probe(FAIL, 11.0)
+    assert m.state is State.BACKOFF
+
+
+def test_policy_no_observes_but_never_restarts() -> None:
+    m = healthy_machine(plan(policy="no"))
+    m.on_probe(FAIL, 3.0)
+    m.on_probe(FAIL, 4.0)
+    assert m.state is State.UNHEALTHY and m.due(100.0) is None
+    m.on_unit(failed(), 101.0)
+    assert m.state is State.STOPPED and m.due(200.0) is None
+
+
+def test_systemd_restarting_a_crash_is_counted_not_doubled() -> None:
+    m = healthy_machine()
+    # systemd 252 after SIGKILL: failed, auto-restart (NRestarts+1 later), inactive, active
+    m.on_unit(failed(), 10.0)
+    assert m.state is State.BACKOFF
+    m.on_unit(auto_restart(), 10.01)
+    assert m.due(10.5) is None  # first attempt: systemd's RestartSec equals our delay, let it restart
+    m.on_unit(UnitView("inactive", "dead", "signal", 1, 0, "a"), 11.0)
+    assert m.restarts_in_window(11.0) == 1  # NRestarts 0 -> 1 counted
+    assert m.due(11.0) is None  # it is not failed: no start from us either
+    m.on_unit(running("b", n=1), 11.1)
+    assert m.state is State.STARTING
+    m.on_probe(OK, 11.3)
+    assert m.state is State.HEALTHY and m.restarts_total == 1
+    assert not [e for e in m.drain() if e["event"] == "restart" and e.get("by") == "agent"]
+
+
+def test_longer_backoff_holds_systemds_restart_and_starts_later() -> None:
+    m = healthy_machine()
+    m.on_unit(failed(), 10.0)
+    m.on_unit(auto_restart(), 10.0)
+    m.on_unit(UnitView("inactive", "dead", "signal", 1, 0, "a"), 11.0)
+    m.on_unit(running("b", n=1), 11.1)
+    m.on_probe(OK, 11.2)
+    # second crash: the policy wants 2 s, systemd's RestartSec is 1 s
+    m.on_unit(failed(n=1, inv="b"), 20.0)
+    assert m.state is State.BACKOFF and m.backoff_until == pytest.approx(22.0)
+    m.on_unit(auto_restart(n=2, inv="b"), 20.01)  # systemd counts it on entering auto-restart
+    hold = m.due(20.02)
+    assert hold is not None and hold.act is Act.HOLD
+    m.on_action_done(hold, True, 20.1)
+    m.on_unit(UnitView("inactive", "dead", "signal", 2, 0, "b"), 20.1)
+    assert m.state is State.BACKOFF and m.due(21.0) is None
+    start = m.due(22.0)
+    assert start is not None and start.act is Act.START
+    m.on_action_done(start, True, 22.5)
+    assert m.state is State.STARTING and m.restarts_in_window(22.5) == 2  # one restart, counted once
+
+
+def test_crash_loop_goes_fatal_after_max_restarts_with_growing_backoff() -> None:
+    m = healthy_machine(plan(probe=None, max_restarts=3))
+    t, backoffs = 10.0, []
+    for n in range(10):
+        m.on_unit(failed(result="exit-code", inv=str(n)), t)
+        if m.state is State.FATAL:
+            break
+        assert m.backoff_until is not None
+        backoffs.append(m.backoff_until - t)
+        t = m.backoff_until
+        action = m.due(t)
+        assert action is not None and action.act is Act.START
+        m.on_action_done(action, True, t)
+        m.on_unit(running(str(n + 100)), t)
+        t += 1.0
+    assert m.state is State.FATAL and m.restarts_total == 3
+    assert backoffs == [1.0, 2.0, 4.0]
+    assert m.due(t + 1000) is None
+    assert "3 restarts within 60s" in m.reason
+
+
+def test_start_limit_hit_is_fatal() -> None:
+    m = healthy_machine()
+    m.on_unit(failed(result="start-limit-hit"), 5.0)
+    assert m.state is State.FATAL and "start limit" in m.reason
+
+
+def test_fatal_cancels_a_pending_systemd_restart() -> None:
+    m = healthy_machine(plan(max_restarts=1))
+    m.on_unit(failed(), 1.0)
+    m.on_unit(auto_restart(n=0), 1.0)
+    m.on_unit(running("b", n=1), 2.0)  # systemd's restart: 1 of 1
+    m.on_unit(failed(n=1, inv="b"), 3.0)
+    assert m.state is State.FATAL
+    m.on_unit(auto_restart(n=1, inv="b"), 3.01)
+    stop = m.due(3.02)
+    assert stop is not None and stop.act is Act.STOP
+
+
+def test_manual_start_clears_fatal_and_the_budget() -> None:
+    m = healthy_machine(plan(max_restarts=0))
+    m.on_unit(failed(result="exit-code"), 1.0)
+    assert m.state is State.FATAL
+    m.on_unit(UnitView("activating", "start", "success", 0, 0, "manual"), 50.0)
+    m.on_unit(running("manual"), 50.1)  # `sparc-agent restart`: a new invocation, not an auto-restart
+    assert m.state is State.STARTING and m.restarts_in_window(50.1) == 0
+
+
+def test_healthy_for_a_window_resets_the_count() -> None:
+    m = healthy_machine(plan(window=60.0))
+    m.on_probe(FAIL, 3.0)
+    m.on_probe(FAIL, 4.0)
+    action = m.due(5.0)
+    assert action is not None
+    m.on_action_done(action, True, 5.5)
+    m.on_unit(running("b"), 5.5)
+    m.on_probe(OK, 6.0)
+    assert m.attempt == 1
+    assert m.next_wakeup() == pytest.approx(8.0)  # next probe; the reset is due at 66
+    m.due(65.0)
+    assert m.attempt == 1
+    m.due(66.0)
+    assert m.attempt == 0 and m.restarts_in_window(66.0) == 0
+    assert any(e["event"] == "reset" for e in m.drain())
+
+
+def test_someone_stopping_the_unit_is_respected() -> None:
+    m = healthy_machine(plan(policy="always"))
+    m.on_unit(UnitView("deactivating", "stop-sigterm", "success", 0, 100, "a"), 5.0)
+    m.on_unit(UnitView("inactive", "dead", "success", 0, 0, "a"), 5.5)
+    assert m.state is State.STOPPED and m.due(100.0) is None
+
+
+def test_dependency_recovery_restarts_healthy_dependents_only() -> None:
+    stack = StackPlan(
+        "s",
+        1,
+        (
+            plan(name="riva"),
+            plan(name="mas", depends_on={"riva": "healthy"}),
+            plan(name="unity", depends_on={"riva": "started"}),
+        ),
+    )
+    assert stack.dependents("riva") == ["mas"]
+    mas = healthy_machine(stack.services[1])
+    action = mas.dependency_recovered("riva", 10.0)
+    assert action is not None and action.act is Act.RESTART and action.attempt == 0
+    mas.on_dependent_restart_done(True, 10.5, action.reason)
+    assert mas.state is State.STARTING and mas.restarts_in_window(10.5) == 0  # not a crash of its own
+
+
+def test_plan_json_round_trip() -> None:
+    stack = StackPlan("s", 7, (plan(), plan(name="b", depends_on={"web": "healthy"})))
+    assert StackPlan.from_json(json.loads(json.dumps(stack.to_json()))) == stack
+
+
+def test_snapshot_has_what_status_shows() -> None:
+    m = healthy_machine()
+    snap = m.snapshot(now=0.0, wall=1000.0)
+    assert snap["state"] == "HEALTHY" and snap["probe"]["outcome"] == "ok"
+    assert snap["probe"]["latency_ms"] == 10.0 and snap["fatal_reason"] is None
+
+
+# ---------------------------------------------------------------- sd_notify and journal encoding
+
+
+def test_sd_notify_datagrams(tmp_path: Any) -> None:
+    from sparc_agent.notify import Notifier
+
+    path = tmp_path / "notify"
+    server = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
+    server.bind(str(path))
+    try:
+        n = Notifier({"NOTIFY_SOCKET": str(path), "WATCHDOG_USEC": "30000000"})
+        assert n.watchdog_s == 30.0
+        n.ready("0/4 healthy")
+        n.watchdog()
+        n.status("4/4 healthy")
+        n.status("4/4 healthy")  # unchanged: not sent again
+        got = [server.recv(4096) for _ in range(3)]
+        assert got == [b"READY=1\nSTATUS=0/4 healthy", b"WATCHDOG=1", b"STATUS=4/4 healthy"]
+    finally:
+        server.close()
+    assert not Notifier({}).send(READY="1")
+
+
+def test_journal_native_encoding() -> None:
+    from sparc_agent.logging import encode_journal, journal_field
+
+    assert journal_field("service") == "SPARC_SERVICE"
+    data = encode_journal(
+        {"event": "restart", "service": "riva", "stack": "sparc-avatar", "reason": "two\nlines", "attempt": 2}
+    )
+    assert b"SPARC_SERVICE=riva\n" in data and b"SPARC_EVENT=restart\n" in data
+    assert b"SPARC_ATTEMPT=2\n" in data and b"PRIORITY=6\n" in data
+    value = b"two\nlines"
+    assert b"SPARC_REASON\n" + struct.pack("<Q", len(value)) + value + b"\n" in data
+    assert b"SYSLOG_IDENTIFIER=sparc-agent\n" in data
+
+
+def test_json_log_lines() -> None:
+    from sparc_agent.logging import setup
+
+    out = io.StringIO()
+    log = setup("json", out)
+    log.info("state", service="riva", state="HEALTHY")
+    line = json.loads(out.getvalue())
+    assert line["event"] == "state" and line["service"] == "riva" and line["level"] == "info"
