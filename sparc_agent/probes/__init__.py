@@ -1,9 +1,13 @@
 """Health probes, run from the host: one module per kind, all asyncio, each under its timeout.
 
-Probes only report; they never restart anything (the supervisor decides).
+Probes only report; they never restart anything (the supervisor decides). Every call returns a
+ProbeResult: OK, FAILED (the target's fault) or ERROR (ours: a bad spec, podman missing, a bug),
+never an exception, so one broken probe cannot take the supervision loop down with it.
 """
 
 from __future__ import annotations
+
+import time
 
 from . import exec as exec_probe
 from . import http, stun, tcp, websocket
@@ -11,7 +15,22 @@ from .base import ProbeOutcome, ProbeResult
 from .spec import ExecSpec, GrpcSpec, HttpSpec, ProbeSpec, StunSpec, TcpSpec, WebSocketSpec
 
 
-async def run_probe(spec: ProbeSpec, *, host: str = "127.0.0.1", container: str | None = None) -> ProbeResult:
+def spec_problem(spec: object) -> str | None:
+    """What makes a spec unprobeable, if anything; the profile validates too, this guards other callers."""
+    timeout = getattr(spec, "timeout_s", None)
+    if not isinstance(timeout, int | float) or not timeout > 0:
+        return f"timeout_s must be > 0, not {timeout!r}"
+    port = getattr(spec, "port", 1)
+    if isinstance(port, bool) or not isinstance(port, int) or not 1 <= port <= 65535:
+        return f"port must be 1..65535, not {port!r}"
+    if isinstance(spec, HttpSpec):
+        lo, hi = spec.status
+        if not 100 <= lo <= hi <= 599:
+            return f"status range must be within 100..599 and lo <= hi, not {lo}..{hi}"
+    return None
+
+
+async def _dispatch(spec: ProbeSpec, host: str, container: str | None) -> ProbeResult:
     if isinstance(spec, TcpSpec):
         return await tcp.probe(spec, host)
     if isinstance(spec, HttpSpec):
@@ -19,12 +38,26 @@ async def run_probe(spec: ProbeSpec, *, host: str = "127.0.0.1", container: str 
     if isinstance(spec, WebSocketSpec):
         return await websocket.probe(spec, host)
     if isinstance(spec, GrpcSpec):
-        from . import grpc  # h2 only when a gRPC probe exists
+        from . import grpc  # h2 only when a gRPC probe exists (memory budget of the agent)
 
         return await grpc.probe(spec, host)
     if isinstance(spec, StunSpec):
         return await stun.probe(spec, host)
-    return await exec_probe.probe(spec, container)
+    if isinstance(spec, ExecSpec):
+        return await exec_probe.probe(spec, container)
+    return ProbeResult(ProbeOutcome.ERROR, 0.0, f"unknown probe spec {type(spec).__name__}")
+
+
+async def run_probe(spec: ProbeSpec, *, host: str = "127.0.0.1", container: str | None = None) -> ProbeResult:
+    """Probe once. Never raises (but for cancellation): failures and our own errors are results."""
+    problem = spec_problem(spec)
+    if problem is not None:
+        return ProbeResult(ProbeOutcome.ERROR, 0.0, f"bad {type(spec).__name__}: {problem}")
+    start = time.monotonic()
+    try:
+        return await _dispatch(spec, host, container)
+    except Exception as exc:  # outside the probe's own net (an import, a bug in a probe's setup)
+        return ProbeResult(ProbeOutcome.ERROR, time.monotonic() - start, f"{type(exc).__name__}: {exc}")
 
 
 __all__ = [

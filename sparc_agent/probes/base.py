@@ -1,7 +1,8 @@
 """Probe results, and the one place that turns exceptions into them.
 
-A target that refuses, hangs or answers wrongly is FAILED; an exception we did not expect
-(our own bug, a bad spec) is ERROR, so the supervisor never restarts a service for our mistake.
+As in kubelet's prober: a target that refuses, hangs or answers wrongly is FAILED; an exception we
+did not expect (our own bug, a bad spec) is ERROR, so the supervisor never restarts a service for
+our mistake.
 """
 
 from __future__ import annotations
@@ -9,6 +10,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import enum
+import os
 import time
 from collections.abc import Awaitable
 from dataclasses import dataclass
@@ -35,26 +37,69 @@ class TargetFailed(Exception):
     """The target answered, but not as a healthy service would."""
 
 
+class ProbeError(Exception):
+    """Not the target's fault: a bad spec, or something missing on our side (podman)."""
+
+
+def os_error_text(exc: OSError) -> str:
+    # asyncio's connect errors read "Connect call failed ('127.0.0.1', 1)"; the errno says more
+    if exc.errno:
+        return os.strerror(exc.errno)
+    return exc.strerror or str(exc) or type(exc).__name__
+
+
 async def measured(check: Awaitable[str], timeout_s: float) -> ProbeResult:
     """Run `check` (returns a detail string on success) under `timeout_s`."""
     start = time.monotonic()
     try:
-        async with asyncio.timeout(timeout_s):
+        async with asyncio.timeout(timeout_s) as deadline:
             detail = await check
-    except TimeoutError:
-        return ProbeResult(ProbeOutcome.FAILED, time.monotonic() - start, f"timed out after {timeout_s:g}s")
+    except TimeoutError as exc:
+        # TimeoutError is also OSError(ETIMEDOUT) from the kernel: only our deadline is "timed out after"
+        text = f"timed out after {timeout_s:g}s" if deadline.expired() else os_error_text(exc)
+        return ProbeResult(ProbeOutcome.FAILED, time.monotonic() - start, text)
     except TargetFailed as exc:
         return ProbeResult(ProbeOutcome.FAILED, time.monotonic() - start, str(exc))
-    except (OSError, asyncio.IncompleteReadError, EOFError) as exc:
-        text = exc.strerror if isinstance(exc, OSError) and exc.strerror else str(exc) or type(exc).__name__
-        return ProbeResult(ProbeOutcome.FAILED, time.monotonic() - start, text)
+    except ProbeError as exc:
+        return ProbeResult(ProbeOutcome.ERROR, time.monotonic() - start, str(exc))
+    except OSError as exc:
+        return ProbeResult(ProbeOutcome.FAILED, time.monotonic() - start, os_error_text(exc))
+    except asyncio.IncompleteReadError as exc:
+        got = f" after {len(exc.partial)} bytes" if exc.partial else ""
+        return ProbeResult(ProbeOutcome.FAILED, time.monotonic() - start, f"connection closed{got}")
     except Exception as exc:
         return ProbeResult(ProbeOutcome.ERROR, time.monotonic() - start, f"{type(exc).__name__}: {exc}")
     return ProbeResult(ProbeOutcome.OK, time.monotonic() - start, detail)
 
 
-async def open_tcp(host: str, port: int) -> tuple[asyncio.StreamReader, asyncio.StreamWriter]:
-    return await asyncio.open_connection(host, port)
+def authority(host: str, port: int) -> str:
+    """host:port as an HTTP Host header or :authority wants it (IPv6 literals in brackets)."""
+    return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
+
+
+def check_path(path: str) -> str:
+    """A request target that cannot smuggle a second header line or request into ours."""
+    if not path.startswith("/") or any(c.isspace() or ord(c) < 0x21 or ord(c) == 0x7F for c in path):
+        raise ProbeError(f"bad probe path {path!r}: must start with / and contain no spaces or controls")
+    return path
+
+
+async def open_tcp(
+    host: str, port: int, limit: int = 2**16
+) -> tuple[asyncio.StreamReader, asyncio.StreamWriter]:
+    return await asyncio.open_connection(host, port, limit=limit)
+
+
+async def read_until(reader: asyncio.StreamReader, terminator: bytes) -> bytes:
+    """Bytes up to and including `terminator`; the reader's `limit` caps how many a peer can make us hold."""
+    try:
+        return await reader.readuntil(terminator)
+    except asyncio.LimitOverrunError as exc:
+        raise TargetFailed(f"no {terminator!r} within the first {exc.consumed} bytes") from None
+    except asyncio.IncompleteReadError as exc:
+        if not exc.partial:
+            raise TargetFailed("connection closed without an answer") from None
+        raise TargetFailed(f"connection closed mid-answer after {len(exc.partial)} bytes") from None
 
 
 async def close(writer: asyncio.StreamWriter) -> None:

@@ -1,42 +1,84 @@
-"""exec: `podman exec CONTAINER COMMAND...` exits 0. argv only, never a shell."""
+"""exec: `podman exec CONTAINER COMMAND...` exits 0. An argv list, never a shell.
+
+podman missing, or no container to run in, is ERROR (our side), not FAILED (the service's). The
+command's output is read as it comes and only its tail kept, so a chatty check cannot grow the
+agent. On timeout the podman client's process group is killed, so no client piles up; the command
+inside the container belongs to conmon and runs on until it ends (podman 4 has no way to cancel an
+exec session, and signals to the client are not forwarded), so a check should bound itself.
+"""
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import os
 import shutil
+import signal
 
-from .base import ProbeOutcome, ProbeResult, TargetFailed, measured
+from .base import ProbeError, ProbeOutcome, ProbeResult, TargetFailed, measured
 from .spec import ExecSpec
+
+KEEP = 4096  # bytes of output tail kept for the detail
+DETAIL = 160  # characters of its last line shown
+
+
+async def _tail(stream: asyncio.StreamReader) -> bytes:
+    tail = b""
+    while chunk := await stream.read(65536):
+        tail = (tail + chunk)[-KEEP:]
+    return tail
+
+
+def last_line(output: bytes) -> str:
+    lines = output.decode(errors="replace").strip().splitlines()
+    if not lines:
+        return ""
+    line = lines[-1].strip()
+    return line if len(line) <= DETAIL else line[: DETAIL - 1] + "…"
+
+
+def _kill(proc: asyncio.subprocess.Process) -> None:
+    with contextlib.suppress(ProcessLookupError, PermissionError):
+        os.killpg(proc.pid, signal.SIGKILL)  # its own session (below): podman and any helper it forked
+    with contextlib.suppress(ProcessLookupError):
+        proc.kill()
 
 
 async def probe(spec: ExecSpec, container: str | None) -> ProbeResult:
-    podman = shutil.which("podman")
-    if podman is None or container is None:
-        return ProbeResult(
-            ProbeOutcome.ERROR, 0.0, "podman not found" if container else "no container to exec in"
-        )
+    if container is None:
+        return ProbeResult(ProbeOutcome.ERROR, 0.0, "no container to exec in")
+    if not spec.command:
+        return ProbeResult(ProbeOutcome.ERROR, 0.0, "empty exec command")
 
     async def check() -> str:
-        proc = await asyncio.create_subprocess_exec(
-            podman,
-            "exec",
-            container,
-            *spec.command,
-            stdin=asyncio.subprocess.DEVNULL,
-            stdout=asyncio.subprocess.PIPE,
-            stderr=asyncio.subprocess.STDOUT,
-        )
+        podman = shutil.which("podman")  # looked up per run: podman may be installed after the agent started
+        if podman is None:
+            raise ProbeError("podman not found on PATH")
         try:
-            out, _ = await proc.communicate()
+            proc = await asyncio.create_subprocess_exec(
+                podman,
+                "exec",
+                container,
+                *spec.command,
+                stdin=asyncio.subprocess.DEVNULL,
+                stdout=asyncio.subprocess.PIPE,
+                stderr=asyncio.subprocess.STDOUT,
+                start_new_session=True,
+            )
+        except OSError as exc:  # found but not runnable: a broken install on our side
+            raise ProbeError(f"cannot run {podman}: {exc.strerror or exc}") from None
+        try:
+            assert proc.stdout is not None
+            output = await _tail(proc.stdout)
+            code = await proc.wait()
         finally:
-            if proc.returncode is None:  # timed out: do not leave the exec behind
-                with contextlib.suppress(ProcessLookupError):
-                    proc.kill()
-                await proc.wait()
-        if proc.returncode != 0:
-            last = out.decode(errors="replace").strip().splitlines()[-1:] or [""]
-            raise TargetFailed(f"exit {proc.returncode}: {last[0][:120]}")
+            if proc.returncode is None:  # timed out (or cancelled): do not leave the client behind
+                _kill(proc)
+                await asyncio.shield(proc.wait())
+        if code != 0:
+            how = f"killed by signal {-code}" if code < 0 else f"exit {code}"
+            line = last_line(output)
+            raise TargetFailed(f"{how}: {line}" if line else how)
         return "exit 0"
 
     return await measured(check(), spec.timeout_s)

@@ -1,33 +1,59 @@
-"""HTTP: GET answers with a status in range. HTTP/1.1, no redirects followed."""
+"""HTTP: GET answers with a status in range. HTTP/1.1, Connection: close, redirects never followed.
+
+Only the response head is read, line by line, and at most MAX_HEAD bytes of it: a probe needs the
+status, not the body.
+"""
 
 from __future__ import annotations
 
+import asyncio
 import re
 
-from .base import ProbeResult, TargetFailed, close, measured, open_tcp
+from .base import ProbeResult, TargetFailed, authority, check_path, close, measured, open_tcp, read_until
 from .spec import HttpSpec
 
-STATUS_LINE = re.compile(rb"HTTP/1\.[01] (\d{3})")
+# HTTP/1.0 and 1.1; the reason phrase is optional (RFC 9112 allows it empty, some servers drop the space)
+STATUS_LINE = re.compile(rb"HTTP/1\.\d[ ]+(\d{3})(?:[ \t][^\r\n]*)?\r?\n\Z")
 MAX_HEAD = 8192
+
+
+def parse_status_line(line: bytes) -> int:
+    m = STATUS_LINE.match(line)
+    if not m:
+        raise TargetFailed(f"not an HTTP/1 response: {line[:60]!r}")
+    return int(m.group(1))
+
+
+async def read_status(reader: asyncio.StreamReader) -> int:
+    """The final status, skipping interim 1xx heads (103 Early Hints and the like); never 101's."""
+    budget = MAX_HEAD
+    while True:
+        line = await read_until(reader, b"\n")
+        budget -= len(line)
+        status = parse_status_line(line)
+        if not 100 <= status <= 199 or status == 101:
+            return status
+        while line.strip():  # the interim head's header lines, up to its blank line
+            if budget <= 0:
+                raise TargetFailed(f"response head longer than {MAX_HEAD} bytes")
+            line = await read_until(reader, b"\n")
+            budget -= len(line)
 
 
 async def probe(spec: HttpSpec, host: str) -> ProbeResult:
     async def check() -> str:
-        reader, writer = await open_tcp(host, spec.port)
+        path = check_path(spec.path)
+        lo, hi = spec.status
+        reader, writer = await open_tcp(host, spec.port, limit=MAX_HEAD)
         try:
             writer.write(
-                f"GET {spec.path} HTTP/1.1\r\nHost: {host}:{spec.port}\r\nUser-Agent: sparc-agent\r\n"
+                f"GET {path} HTTP/1.1\r\nHost: {authority(host, spec.port)}\r\nUser-Agent: sparc-agent\r\n"
                 "Accept: */*\r\nConnection: close\r\n\r\n".encode()
             )
             await writer.drain()
-            line = await reader.readline()
+            status = await read_status(reader)
         finally:
             await close(writer)
-        m = STATUS_LINE.match(line[:MAX_HEAD])
-        if not m:
-            raise TargetFailed(f"not an HTTP response: {line[:60]!r}")
-        status = int(m.group(1))
-        lo, hi = spec.status
         if not lo <= status <= hi:
             raise TargetFailed(f"HTTP {status} (want {lo}-{hi})")
         return f"HTTP {status}"

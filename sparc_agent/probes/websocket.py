@@ -1,4 +1,9 @@
-"""WebSocket: the HTTP/1.1 Upgrade answers 101 with the right Sec-WebSocket-Accept (RFC 6455)."""
+"""WebSocket: the HTTP/1.1 Upgrade answers 101 with the right Sec-WebSocket-Accept (RFC 6455 4.1).
+
+A server that answers 200 (a plain web page where the signaling socket should be) is FAILED, as is
+one that echoes a wrong accept key (a proxy that mangles the handshake). Afterwards we send a
+masked close frame, as a client must, so the server sees a clean goodbye.
+"""
 
 from __future__ import annotations
 
@@ -6,49 +11,64 @@ import base64
 import hashlib
 import os
 
-from .base import ProbeResult, TargetFailed, close, measured, open_tcp
+from .base import ProbeResult, TargetFailed, authority, check_path, close, measured, open_tcp, read_until
+from .http import MAX_HEAD, parse_status_line
 from .spec import WebSocketSpec
 
 GUID = b"258EAFA5-E914-47DA-95CA-C5AB0DC85B11"
-MAX_HEAD = 8192
+CLOSE_NORMAL = 1000
 
 
 def accept_for(key: bytes) -> str:
     return base64.b64encode(hashlib.sha1(key + GUID).digest()).decode()
 
 
+def parse_head(head: bytes) -> tuple[int, dict[str, str]]:
+    """Status and headers (lower-case names; repeated headers joined with ", ")."""
+    first, _, rest = head.partition(b"\n")
+    status = parse_status_line(first + b"\n")
+    headers: dict[str, str] = {}
+    for raw in rest.decode("latin-1").splitlines():
+        name, colon, value = raw.partition(":")
+        if colon:
+            key = name.strip().lower()
+            headers[key] = f"{headers[key]}, {value.strip()}" if key in headers else value.strip()
+    return status, headers
+
+
+def close_frame(code: int = CLOSE_NORMAL) -> bytes:
+    """FIN + opcode 8, MASK bit + length 2, masking key, masked status code (clients must mask)."""
+    mask = os.urandom(4)
+    payload = code.to_bytes(2, "big")
+    return b"\x88\x82" + mask + bytes(b ^ mask[i % 4] for i, b in enumerate(payload))
+
+
 async def probe(spec: WebSocketSpec, host: str) -> ProbeResult:
     async def check() -> str:
+        path = check_path(spec.path)
         key = base64.b64encode(os.urandom(16))
-        reader, writer = await open_tcp(host, spec.port)
+        reader, writer = await open_tcp(host, spec.port, limit=MAX_HEAD)
         try:
             writer.write(
-                f"GET {spec.path} HTTP/1.1\r\nHost: {host}:{spec.port}\r\nUpgrade: websocket\r\n"
+                f"GET {path} HTTP/1.1\r\nHost: {authority(host, spec.port)}\r\nUpgrade: websocket\r\n"
                 f"Connection: Upgrade\r\nSec-WebSocket-Key: {key.decode()}\r\nSec-WebSocket-Version: 13\r\n"
                 "User-Agent: sparc-agent\r\n\r\n".encode()
             )
             await writer.drain()
-            head = await reader.readuntil(b"\r\n\r\n")
-            if len(head) > MAX_HEAD:
-                raise TargetFailed("response head too large")
-            lines = head.decode("latin-1").split("\r\n")
-            if not lines[0].startswith("HTTP/1.1 101"):
-                raise TargetFailed(f"no upgrade: {lines[0][:60]!r}")
-            headers = {
-                k.strip().lower(): v.strip() for k, _, v in (ln.partition(":") for ln in lines[1:] if ln)
-            }
+            # "\n\n" would do for a sloppy server, but RFC 6455 servers are HTTP/1.1 and end heads with CRLF
+            status, headers = parse_head(await read_until(reader, b"\r\n\r\n"))
+            if status != 101:
+                raise TargetFailed(f"HTTP {status}, not 101 Switching Protocols")
+            if headers.get("upgrade", "").lower() != "websocket":
+                raise TargetFailed(f"101 without Upgrade: websocket (got {headers.get('upgrade')!r})")
+            if "upgrade" not in {t.strip().lower() for t in headers.get("connection", "").split(",")}:
+                raise TargetFailed("101 without Connection: Upgrade")
             if headers.get("sec-websocket-accept") != accept_for(key):
                 raise TargetFailed("wrong Sec-WebSocket-Accept")
-            writer.write(b"\x88\x82" + _masked_close())  # a masked close frame, code 1000
+            writer.write(close_frame())
             await writer.drain()
         finally:
             await close(writer)
         return "101 Switching Protocols"
 
     return await measured(check(), spec.timeout_s)
-
-
-def _masked_close() -> bytes:
-    mask = os.urandom(4)
-    payload = (1000).to_bytes(2, "big")
-    return mask + bytes(b ^ mask[i % 4] for i, b in enumerate(payload))
