@@ -5,7 +5,9 @@ from pathlib import Path
 import pytest
 
 # the real test host (user managers, quadlet, podman): fixtures in tests/testhost.py
-pytest_plugins = ["testhost", "trixiehost"] if (Path(__file__).parent / "testhost.py").exists() else []
+pytest_plugins = (
+    ["testhost", "trixiehost", "rootless"] if (Path(__file__).parent / "testhost.py").exists() else []
+)
 
 
 def pytest_addoption(parser: pytest.Parser) -> None:
