@@ -17,8 +17,9 @@ Paths are the same on both sides: a manager's directory is /tmp/NAME inside the 
 the host is a symlink to it, so tests read and write its files with the paths sparc-agent sees.
 
 Inside the root, logs go to the host's journald: the root's /run/systemd/journal is a bind mount of the
-host's (conmon's ``LogDriver=journald`` needs a socket there), and /run/log/journal is bound read-only so
-that journalctl inside (apply's "last log lines") reads them.
+host's (without a socket there, containers with ``LogDriver=journald`` still run but their output is
+silently lost: `podman logs` is empty), and /run/log/journal is bound read-only so that journalctl inside
+(apply's "last log lines") reads them. Both binds live under the root's /run tmpfs: `umount` takes them.
 """
 
 from __future__ import annotations
