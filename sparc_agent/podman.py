@@ -11,6 +11,7 @@ import subprocess
 import sys
 from collections.abc import Iterable
 from pathlib import Path
+from typing import TextIO
 
 from .errors import EnvironmentProblem, InvalidInput
 
@@ -43,14 +44,14 @@ def missing_images(images: Iterable[str]) -> list[str]:
     return [image for image in wanted if not image_present(image)]
 
 
-async def pull_missing(images: Iterable[str], log: object = sys.stderr) -> list[str]:
+async def pull_missing(images: Iterable[str], log: TextIO = sys.stderr) -> list[str]:
     """Pull every image not present, one at a time, with podman's progress on stderr.
 
     Done before any unit starts: a 20 GB image must not eat a unit's start timeout.
     """
     missing = missing_images(images)
     for image in missing:
-        print(f"pulling {image} (not present locally)...", file=sys.stderr, flush=True)
+        print(f"pulling {image} (not present locally)...", file=log, flush=True)
         proc = await asyncio.create_subprocess_exec(
             podman_path(), "pull", image, stdout=asyncio.subprocess.DEVNULL, stderr=asyncio.subprocess.PIPE
         )
@@ -60,7 +61,7 @@ async def pull_missing(images: Iterable[str], log: object = sys.stderr) -> list[
             line = raw.decode(errors="replace").rstrip()
             if line:
                 last = line
-                print(f"  {image}: {line}", file=sys.stderr, flush=True)
+                print(f"  {image}: {line}", file=log, flush=True)
         if await proc.wait() != 0:
             raise ImageUnavailable(f"cannot pull image {image}: {last or 'podman pull failed'}")
     return missing

@@ -632,13 +632,14 @@ def _launch_manager(mgr: UserManager, shim: Path | None, timeout: float = 30) ->
 
 
 def _cleanup_podman(mgr: UserManager) -> list[str]:
-    """Remove containers, pods, volumes and networks named with the manager's prefix."""
+    """Remove containers, pods, volumes, networks and secrets named with the manager's prefix."""
     removed: list[str] = []
     listings = [
         (["ps", "-a", "--format", "{{.Names}}"], ["rm", "-f", "-t", "0"]),
         (["pod", "ps", "--format", "{{.Name}}"], ["pod", "rm", "-f", "-t", "0"]),
         (["volume", "ls", "--format", "{{.Name}}"], ["volume", "rm", "-f"]),
         (["network", "ls", "--format", "{{.Name}}"], ["network", "rm", "-f"]),
+        (["secret", "ls", "--format", "{{.Name}}"], ["secret", "rm"]),
     ]
     for listing, remove in listings:
         names = [n for n in podman(*listing, check=False).stdout.split() if mgr.owns(n)]
