@@ -103,10 +103,8 @@ def test_install_start_reinstall_uninstall(
     started = user.systemctl("start", "sparc-agent", timeout=300)
     timings["systemctl --user start sparc-agent"] = time.monotonic() - t
     assert started.returncode == 0, started.stderr + user.systemctl("status", "sparc-agent").stdout
-    props = dict(
-        line.split("=", 1)
-        for line in user.systemctl("show", "sparc-agent", "-p", "ActiveState,Type,MainPID").stdout.splitlines()
-    )
+    shown = user.systemctl("show", "sparc-agent", "-p", "ActiveState,Type,MainPID").stdout
+    props = dict(line.split("=", 1) for line in shown.splitlines())
     assert props["ActiveState"] == "active" and props["Type"] == "notify", props
     agent_pid = props["MainPID"]
 
@@ -126,12 +124,10 @@ def test_install_start_reinstall_uninstall(
     assert 'PodmanArgs="--cgroups=enabled"' in container
 
     # the agent's structured journal events, for this user's units
-    def events() -> str:
-        return user.journal("_SYSTEMD_USER_UNIT=sparc-agent.service", f"SPARC_STACK={user.name}")
-
-    wait_for(lambda: "ready" in user.journal("_SYSTEMD_USER_UNIT=sparc-agent.service", "SPARC_EVENT=ready"), 20)
-    assert user.name in events()
-    riva = user.journal_fields("_SYSTEMD_USER_UNIT=sparc-agent.service", "SPARC_SERVICE=riva")
+    agent = "_SYSTEMD_USER_UNIT=sparc-agent.service"
+    wait_for(lambda: "ready" in user.journal(agent, "SPARC_EVENT=ready"), 20, what="ready event")
+    assert user.name in user.journal(agent, f"SPARC_STACK={user.name}")
+    riva = user.journal_fields(agent, "SPARC_SERVICE=riva")
     assert f"SPARC_STACK={user.name}" in riva and "SPARC_EVENT=" in riva, riva[-2000:]
 
     # 3. a second run changes nothing and says so (pip skipped: same source hash)
