@@ -1,0 +1,136 @@
+"""`sparc-agent export kube|slurm`: the same profile for Kubernetes or a SLURM batch job."""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+import click
+
+from .cli import _load, _profile_options, _reports_errors
+
+
+def _write(text: str, out: str | None, what: str) -> None:
+    if out is None or out == "-":
+        click.echo(text, nl=False)
+        return
+    from .fsutil import write_atomic
+
+    write_atomic(Path(out), text.encode())
+    click.echo(f"wrote {what} to {out}", err=True)
+
+
+@click.group()
+def export() -> None:
+    """Write PROFILE for another scheduler: Kubernetes YAML or a SLURM batch script."""
+
+
+@export.command()
+@_profile_options
+@click.option("-o", "--output", "out", metavar="FILE", help="Write here instead of stdout.")
+@click.option("--deployment", is_flag=True, help="A Deployment instead of a bare Pod.")
+@click.option(
+    "--replicas",
+    type=click.IntRange(min=1),
+    default=1,
+    show_default=True,
+    help="Replicas of the Deployment (with --deployment).",
+)
+@click.option(
+    "--service-type",
+    type=click.Choice(["ClusterIP", "NodePort"]),
+    default="ClusterIP",
+    show_default=True,
+    help="Type of the Service for the published ports.",
+)
+@_reports_errors
+def kube(
+    profile: str,
+    overlays: tuple[str, ...],
+    sets: tuple[str, ...],
+    out: str | None,
+    deployment: bool,
+    replicas: int,
+    service_type: str,
+) -> None:
+    """Kubernetes YAML for PROFILE: Pod or Deployment, PVCs, Services; secrets by reference only."""
+    from .errors import InvalidInput
+    from .export.kube import KubeOptions, export_kube
+
+    if replicas != 1 and not deployment:
+        raise InvalidInput("--replicas needs --deployment (a bare Pod has one replica)")
+    loaded = _load(profile, overlays, sets)
+    options = KubeOptions(deployment, replicas, "NodePort" if service_type == "NodePort" else "ClusterIP")
+    _write(export_kube(loaded.profile, options, source=profile), out, "Kubernetes YAML")
+
+
+@export.command()
+@_profile_options
+@click.option(
+    "--runtime",
+    type=click.Choice(["apptainer", "podman"]),
+    default="apptainer",
+    show_default=True,
+    help="How the job runs each service.",
+)
+@click.option("--partition", default="hpg-ai", show_default=True, help="SLURM partition.")
+@click.option(
+    "--time",
+    "time_limit",
+    default="7-00:00:00",
+    show_default=True,
+    metavar="TIME",
+    help="Time limit (D-HH:MM:SS, HH:MM:SS, ...).",
+)
+@click.option(
+    "--gpus", type=click.IntRange(min=0), help="GPUs for the job (default: what the services need)."
+)
+@click.option("--cpus", type=click.IntRange(min=1), help="CPUs for the job (default: sum of the services').")
+@click.option("--mem", metavar="SIZE", help="Memory for the job, e.g. 64g (default: sum of the services').")
+@click.option("--account", help="SLURM account (#SBATCH --account).")
+@click.option("--qos", help="SLURM QOS (#SBATCH --qos).")
+@click.option("--log", "log_pattern", metavar="PATTERN", help="#SBATCH --output (default STACK_%j.log).")
+@click.option("-o", "--output", "out", metavar="FILE", help="Write here instead of stdout.")
+@_reports_errors
+def slurm(
+    profile: str,
+    overlays: tuple[str, ...],
+    sets: tuple[str, ...],
+    runtime: str,
+    partition: str,
+    time_limit: str,
+    gpus: int | None,
+    cpus: int | None,
+    mem: str | None,
+    account: str | None,
+    qos: str | None,
+    log_pattern: str | None,
+    out: str | None,
+) -> None:
+    """A SLURM batch script that runs PROFILE's services on one node (apptainer or podman)."""
+    from .export import partitions
+    from .export.slurm import SlurmOptions, export_slurm
+
+    loaded = _load(profile, overlays, sets)
+    options = SlurmOptions(
+        runtime="podman" if runtime == "podman" else "apptainer",
+        partition=partition,
+        time=time_limit,
+        gpus=gpus,
+        cpus=cpus,
+        mem=mem,
+        account=account,
+        qos=qos,
+        output=log_pattern,
+    )
+    text = export_slurm(loaded.profile, options, source=profile)
+    if partition not in partitions.PARTITIONS:
+        click.echo(
+            f"note: partition {partition} is not in the known table; its limits are left to the scheduler"
+            " (check with sbatch --test-only)",
+            err=True,
+        )
+    _write(text, out, "SLURM script")
+    if out not in (None, "-"):
+        Path(out).chmod(0o755)
+    sys.stdout.flush()
