@@ -686,7 +686,8 @@ def _normal(image: str) -> str:
     name, _, tag = image.rpartition(":")
     if not name or "/" in tag:
         name, tag = image, "latest"
-    if "/" not in name or ("." not in name.split("/")[0] and ":" not in name.split("/")[0]):
+    first = name.split("/")[0]
+    if "/" not in name or ("." not in first and ":" not in first and first != "localhost"):
         name = "docker.io/" + (name if "/" in name else f"library/{name}")
     return f"{name}:{tag}"
 
