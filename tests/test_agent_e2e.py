@@ -256,3 +256,62 @@ def test_new_generation_is_picked_up_without_an_agent_restart(
             mgr, lambda s: set(s) == {"riva", "mas", "signaling", "turn"} and all_healthy(s), 30, "4/4"
         )
         assert a.proc.poll() is None
+
+
+def test_each_probe_kind_passes_healthy_and_fails_broken(
+    user_manager: UserManager, standin_images: dict[str, str], tmp_path: Path
+) -> None:
+    import asyncio
+
+    from testhost import free_port
+
+    from sparc_agent.probes import ProbeOutcome, run_probe
+    from sparc_agent.probes import spec as ps
+
+    mgr = user_manager
+    doc = applied(mgr, tmp_path)
+    port = {s: doc["services"][s]["health"] for s in ("riva", "mas", "signaling", "turn")}
+    riva, mas = port["riva"]["grpc"]["port"], port["mas"]["http"]["port"]
+    sig, turn = port["signaling"]["websocket"]["port"], port["turn"]["stun"]["port"]
+    closed = free_port("both")
+    unity = f"{mgr.name}-unity"
+
+    def outcome(spec: ps.ProbeSpec, container: str | None = None) -> ProbeOutcome:
+        return asyncio.run(run_probe(spec, container=container)).outcome
+
+    healthy = [
+        ps.TcpSpec(mas),
+        ps.HttpSpec(mas, "/health"),
+        ps.WebSocketSpec(sig),
+        ps.GrpcSpec(riva),
+        ps.StunSpec(turn),
+        ps.ExecSpec(("pgrep", "-f", "SPARC-P.x86_64")),
+    ]
+    assert [outcome(s, unity) for s in healthy] == [ProbeOutcome.OK] * 6
+    broken = {
+        "tcp closed port": ps.TcpSpec(closed, timeout_s=1),
+        "http wrong status": ps.HttpSpec(mas, "/nope", timeout_s=1),
+        "http closed port": ps.HttpSpec(closed, timeout_s=1),
+        "websocket on plain HTTP": ps.WebSocketSpec(mas, "/health", timeout_s=1),
+        "grpc on plain HTTP": ps.GrpcSpec(mas, timeout_s=1),
+        "grpc closed port": ps.GrpcSpec(closed, timeout_s=1),
+        "stun nobody listening": ps.StunSpec(closed, timeout_s=1),
+        "exec command fails": ps.ExecSpec(("pgrep", "-f", "no-such-process"), timeout_s=3),
+    }
+    got = {name: outcome(spec, unity) for name, spec in broken.items()}
+    assert got == dict.fromkeys(broken, ProbeOutcome.FAILED), got
+    # a hang past the timeout: the frozen service accepts TCP (the kernel does) but never answers
+    podman("pause", f"{mgr.name}-signaling")
+    podman("pause", f"{mgr.name}-riva")
+    podman("pause", f"{mgr.name}-turn")
+    try:
+        hung = [
+            ps.WebSocketSpec(sig, timeout_s=0.5),
+            ps.GrpcSpec(riva, timeout_s=0.5),
+            ps.StunSpec(turn, timeout_s=0.5),
+        ]
+        results = [asyncio.run(run_probe(s)) for s in hung]
+        assert all(r.outcome is ProbeOutcome.FAILED and "timed out" in r.detail for r in results), results
+    finally:
+        for s in ("signaling", "riva", "turn"):
+            podman("unpause", f"{mgr.name}-{s}", check=False)
