@@ -256,7 +256,7 @@ BOMB = "a: &a [x,x,x,x,x,x,x,x,x,x]\n" + "".join(
 )
 EXTRA: list[tuple[str, str, str, str]] = [
     ("alias-bomb", BOMB, "", "alias bomb"),
-    ("deep-nesting", "a: " + "[" * 150 + "]" * 150 + "\n", "(document)", "deeper than 100"),
+    ("deep-nesting", "a: " + "[" * 150 + "]" * 150 + "\n", "a[0][0]", "deeper than 100"),
     ("not-yaml", "a: [unclosed\n", "(document)", "not valid YAML"),
 ]
 
