@@ -4,7 +4,7 @@ Kept as a Python string so that it ships inside the package without package-data
 in every generated script (tests/test_export_slurm.py).
 """
 
-LIBRARY = r'''# ---- sparc-agent job library (the same in every exported script) ----
+LIBRARY = r"""# ---- sparc-agent job library (the same in every exported script) ----
 log() { printf '%s sparc: %s\n' "$(date +%H:%M:%S)" "$*"; }
 fail() { log "ERROR: $*"; exit 1; }
 
@@ -20,7 +20,8 @@ _http_status() { # PORT PATH: the status code of a GET
 _ws_head() { # PORT PATH: the response head of a WebSocket upgrade (a fixed key: servers accept any)
   local line
   exec 3<>"/dev/tcp/127.0.0.1/$1" || return 1
-  printf 'GET %s HTTP/1.1\r\nHost: 127.0.0.1:%s\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n' "$2" "$1" >&3
+  printf 'GET %s HTTP/1.1\r\nHost: 127.0.0.1:%s\r\n' "$2" "$1" >&3
+  printf 'Upgrade: websocket\r\nConnection: Upgrade\r\n' >&3
   printf 'Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\n\r\n' >&3
   while IFS= read -r line <&3; do
     line=${line%$'\r'}
@@ -52,7 +53,8 @@ probe_http() { # PORT PATH STATUS_LO STATUS_HI TIMEOUT
 probe_websocket() { # PORT PATH TIMEOUT: RFC 6455 handshake, 101 with the right Sec-WebSocket-Accept
   local head
   head=$(timeout "$3" bash -c '_ws_head "$1" "$2"' _ "$1" "$2" 2>/dev/null) || return 1
-  [[ $head == "HTTP/1.1 101"* ]] && grep -qi '^sec-websocket-accept: *s3pPLMBiTxaQ9kYGzzhZRbK+xOo=$' <<<"$head"
+  [[ $head == "HTTP/1.1 101"* ]] &&
+    grep -qi '^sec-websocket-accept: *s3pPLMBiTxaQ9kYGzzhZRbK+xOo=$' <<<"$head" # RFC 6455's example key
 }
 probe_grpc() { # PORT REQUEST(printf %b bytes) TIMEOUT: grpc.health.v1 Check over h2c, with curl
   local body
@@ -89,7 +91,10 @@ supervise() { # NAME POLICY BACKOFF_INITIAL BACKOFF_MAX MULTIPLIER MAX_RESTARTS 
       on-failure) if ((rc == 0)); then log "$name: exited 0 (restart policy on-failure)"; return 0; fi ;;
     esac
     if ((SECONDS - started >= $7)); then restarts=0 delay=$3; fi
-    if ((restarts >= $6)); then log "$name: FATAL: exited $rc, $restarts restarts within ${7}s"; return "$rc"; fi
+    if ((restarts >= $6)); then
+      log "$name: FATAL: exited $rc, $restarts restarts within ${7}s"
+      return "$rc"
+    fi
     restarts=$((restarts + 1))
     log "$name: exited $rc; restart $restarts/$6 in ${delay}s"
     sleep "$delay" &
@@ -154,4 +159,4 @@ read_secret_env() { # VAR SOURCE: from the job's environment (sbatch exports the
   printf -v "$1" '%s' "${!2}"
 }
 # ---- end of library ----
-'''
+"""

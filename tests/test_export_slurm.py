@@ -1,0 +1,285 @@
+"""`sparc-agent export slurm`: golden files, shellcheck, limits, and a real single-node SLURM cluster."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import subprocess
+import time
+from pathlib import Path
+
+import pytest
+import yaml
+from click.testing import CliRunner
+from slurmhost import SlurmCluster, slurm_cluster_fixture  # noqa: F401 - provides `slurm_cluster`
+from testhost import free_port, grpc_health, http_get, podman, stun_binding, wait_for, ws_handshake
+
+from sparc_agent.cli_export import export
+from sparc_agent.export.shell import sh_quote
+from sparc_agent.export.slurm import SlurmOptions, export_slurm
+from sparc_agent.profile import load_profile
+
+ROOT = Path(__file__).resolve().parent.parent
+GOLDEN = ROOT / "tests" / "golden" / "export"
+EXAMPLES = ["sparc-avatar", "sparc-backend"]
+RUNTIMES = ["apptainer", "podman"]
+AVATAR = str(ROOT / "examples" / "sparc-avatar.yaml")
+
+
+def _export(example: str, runtime: str) -> str:
+    profile = load_profile(str(ROOT / "examples" / f"{example}.yaml")).profile
+    options = SlurmOptions(runtime="podman" if runtime == "podman" else "apptainer")
+    return export_slurm(profile, options, source=f"examples/{example}.yaml")
+
+
+@pytest.mark.unit
+@pytest.mark.parametrize("runtime", RUNTIMES)
+@pytest.mark.parametrize("example", EXAMPLES)
+def test_golden(example: str, runtime: str, update_golden: bool) -> None:
+    text = _export(example, runtime)
+    path = GOLDEN / example / f"{runtime}.slurm"
+    if update_golden:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text(text)
+    assert text == path.read_text(), f"{path} differs: run pytest --update-golden and review the diff"
+
+
+@pytest.mark.unit
+@pytest.mark.parametrize("runtime", RUNTIMES)
+@pytest.mark.parametrize("example", EXAMPLES)
+def test_shellcheck_clean(example: str, runtime: str, tmp_path: Path) -> None:
+    if shutil.which("shellcheck") is None:
+        pytest.skip("shellcheck not installed (apt-get install shellcheck)")
+    script = tmp_path / "job.slurm"
+    script.write_text(_export(example, runtime))
+    proc = subprocess.run(["shellcheck", "-s", "bash", str(script)], capture_output=True, text=True)
+    assert proc.returncode == 0, proc.stdout
+
+
+@pytest.mark.unit
+@pytest.mark.parametrize(
+    "value", ["plain", "a b", "it's", '"dq"', "$HOME", "`id`", "$(id)", "a\\b", "*", "-n", "", "tab\there"]
+)
+def test_sh_quote_is_literal_in_bash(value: str) -> None:
+    out = subprocess.run(["bash", "-c", f"printf %s {sh_quote(value)}"], capture_output=True, text=True)
+    assert out.stdout == value
+
+
+@pytest.mark.unit
+def test_secrets_are_read_at_job_start_never_written(tmp_path: Path) -> None:
+    key = tmp_path / "k"
+    key.write_text("sk-FILE-SECRET")
+    doc = {
+        "apiVersion": "sparc-agent/v1",
+        "name": "t",
+        "secrets": {"a": {"file": str(key)}, "b": {"env": "TOKEN_SRC"}},
+        "services": {"web": {"image": "localhost/x:1", "secrets": {"A": "a", "B": "b"}}},
+    }
+    path = tmp_path / "p.yaml"
+    path.write_text(yaml.safe_dump(doc))
+    for runtime in RUNTIMES:
+        text = export_slurm(load_profile(str(path)).profile, SlurmOptions(runtime=runtime))  # type: ignore[arg-type]
+        assert "sk-FILE-SECRET" not in text
+        assert f"read_secret_file SECRET_a {key}" in text and "read_secret_env SECRET_b TOKEN_SRC" in text
+        prefix = "APPTAINERENV_" if runtime == "apptainer" else ""
+        assert f'{prefix}A="$SECRET_a" {prefix}B="$SECRET_b" exec' in text
+
+
+@pytest.mark.unit
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        (["--time", "20-00:00:00"], "exceeds partition hpg-ai's limit of 14-00:00:00"),
+        (["--partition", "hpg-default"], "partition hpg-default has no GPUs"),
+        (["--gpus", "9"], "partition hpg-ai has at most 8 GPUs per node"),
+        (["--time", "UNLIMITED"], "exceeds partition hpg-ai's limit"),
+        (["--time", "soon"], "not a SLURM time"),
+        (["--account", "a;rm -rf /"], "--account 'a;rm -rf /': not allowed"),
+        (["--gpus", "0"], "--gpus 0: a service asks for 1 GPUs"),
+        (["--mem", "lots"], "--mem: invalid memory size"),
+    ],
+)
+def test_recipes_beyond_the_partition_are_refused_before_submission(args: list[str], message: str) -> None:
+    result = CliRunner().invoke(export, ["slurm", AVATAR, *args])
+    assert result.exit_code == 2, result.output
+    assert message in result.output
+
+
+@pytest.mark.unit
+def test_recipe_overrides_map_onto_set_and_overlays(tmp_path: Path) -> None:
+    """Seed 004's recipe defaults + per-deployment overrides are the profile + -f / --set."""
+    overlay = tmp_path / "o.yaml"
+    overlay.write_text("services:\n  mas:\n    env: {LOG_LEVEL: info}\n")
+    runner = CliRunner()
+    result = runner.invoke(
+        export,
+        [
+            "slurm",
+            AVATAR,
+            "-f",
+            str(overlay),
+            "--set",
+            "services.mas.env.LOG_LEVEL=debug",
+            "--cpus",
+            "32",
+            "--mem",
+            "256g",
+            "--gpus",
+            "4",
+            "--account",
+            "p200981",
+            "--qos",
+            "default",
+        ],
+    )
+    assert result.exit_code == 0, result.output
+    for line in [
+        "#SBATCH --cpus-per-task=32",
+        "#SBATCH --mem=256G",
+        "#SBATCH --gres=gpu:4",
+        "#SBATCH --account=p200981",
+        "#SBATCH --qos=default",
+        "--env LOG_LEVEL=debug",
+    ]:
+        assert line in result.output
+
+
+# ---------------------------------------------------------------- the real scheduler
+
+
+def _script(tmp: Path, *args: str) -> Path:
+    out = tmp / f"job{len(list(tmp.glob('job*')))}.slurm"
+    result = CliRunner().invoke(
+        export, ["slurm", str(ROOT / "examples" / "sparc-backend.yaml"), *args, "-o", str(out)]
+    )
+    assert result.exit_code == 0, result.output
+    return out
+
+
+@pytest.mark.e2e
+def test_sbatch_test_only_accepts_a_fitting_partition_and_rejects_one_that_does_not(
+    slurm_cluster: SlurmCluster,
+    tmp_path: Path,
+) -> None:
+    fits = _script(tmp_path, "--partition", "hpg-ai", "--time", "1-00:00:00", "--cpus", "2", "--mem", "2g")
+    ok = slurm_cluster.run("sbatch", "--test-only", str(fits))
+    assert ok.returncode == 0 and "to start at" in ok.stderr, ok.stderr
+    # `debug` is not in the exporter's table: the scheduler itself refuses a day on a 1-hour partition
+    too_long = _script(tmp_path, "--partition", "debug", "--time", "1-00:00:00", "--cpus", "2", "--mem", "2g")
+    bad = slurm_cluster.run("sbatch", "--test-only", str(too_long))
+    assert bad.returncode != 0
+    assert "Requested time limit is invalid (missing or exceeds some limit)" in bad.stderr, bad.stderr
+    too_many_gpus = _script(
+        tmp_path, "--partition", "hpg-ai", "--time", "1:00:00", "--cpus", "2", "--mem", "2g", "--gpus", "4"
+    )
+    bad = slurm_cluster.run("sbatch", "--test-only", str(too_many_gpus))
+    assert bad.returncode != 0 and "Requested node configuration is not available" in bad.stderr, bad.stderr
+
+
+@pytest.mark.e2e
+@pytest.mark.slow
+def test_real_job_runs_the_stack_healthy_and_scancel_leaves_nothing(
+    slurm_cluster: SlurmCluster,
+    standin_images: dict[str, str],
+    tmp_path: Path,
+) -> None:
+    name = f"sx-{os.urandom(3).hex()}"
+    ports = {"mas": free_port(), "sig": free_port(), "riva": free_port(), "turn": free_port("udp")}
+    key = tmp_path / "openai.key"
+    key.write_text("sk-test-slurm\n")
+    overlay = tmp_path / "overlay.yaml"
+    overlay.write_text(
+        yaml.safe_dump(
+            {
+                "name": name,
+                "pod": {
+                    "ports": [
+                        f"{ports['mas']}:8000",
+                        f"{ports['sig']}:8080",
+                        f"{ports['riva']}:50051",
+                        f"{ports['turn']}:3478/udp",
+                    ]
+                },
+                "secrets": {"openai-api-key": {"file": str(key)}},
+                "services": {
+                    "riva": {
+                        "health": {"grpc": {"port": ports["riva"]}, "start_period": "20s", "interval": "1s"}
+                    },
+                    "mas": {"health": {"http": {"port": ports["mas"]}, "interval": "1s"}},
+                    "signaling": {"health": {"websocket": {"port": ports["sig"]}, "interval": "1s"}},
+                    "turn": {
+                        "command": ["-n", "--listening-port=3478", "--no-cli"],
+                        "health": {"stun": {"port": ports["turn"]}, "interval": "1s"},
+                    },
+                    "unity": {"health": {"interval": "1s"}},
+                },
+            }
+        )
+    )
+    script = tmp_path / "job.slurm"
+    result = CliRunner().invoke(
+        export,
+        [
+            "slurm",
+            AVATAR,
+            "-f",
+            str(overlay),
+            "--runtime",
+            "podman",
+            "--partition",
+            "hpg-ai",
+            "--time",
+            "00:10:00",
+            "--cpus",
+            "2",
+            "--mem",
+            "2g",
+            "--log",
+            f"{tmp_path}/job_%j.log",
+            "-o",
+            str(script),
+        ],
+    )
+    assert result.exit_code == 0, result.output
+    assert "sk-test-slurm" not in script.read_text()
+    sub = subprocess.run(
+        ["sbatch", "--parsable", str(script)],
+        env=slurm_cluster.env,
+        cwd=tmp_path,
+        capture_output=True,
+        text=True,
+        check=True,
+    )
+    job = sub.stdout.strip().split(";")[0]
+    log = tmp_path / f"job_{job}.log"
+    pod = f"{name}-{job}"
+    try:
+
+        def healthy() -> bool:
+            text = log.read_text() if log.exists() else ""
+            assert "ERROR" not in text, text
+            assert slurm_cluster.job_state(job) in ("PENDING", "RUNNING", "CONFIGURING"), text
+            return "all 5 services healthy" in text
+
+        t0 = time.monotonic()
+        wait_for(healthy, 90, interval=0.2, what=f"job {job} healthy")
+        print(f"job {job}: healthy after {time.monotonic() - t0:.1f} s")
+        assert grpc_health(ports["riva"]) == 1
+        assert http_get(ports["mas"], "/health")[1] == 200
+        assert ws_handshake(ports["sig"]) == (101, True)
+        assert stun_binding(ports["turn"])
+        env = podman("exec", f"{pod}-mas", "printenv", "OPENAI_API_KEY").stdout
+        assert env == "sk-test-slurm\n\n"  # the whole file (its newline) + printenv's own newline
+
+        t0 = time.monotonic()
+        slurm_cluster.run("scancel", job, check=True)
+        wait_for(lambda: slurm_cluster.job_state(job) == "", 40, interval=0.2, what=f"job {job} gone")
+        print(f"job {job}: gone {time.monotonic() - t0:.1f} s after scancel")
+        left = podman("ps", "-a", "--filter", f"name={pod}", "--format", "{{.Names}}").stdout.split()
+        assert left == [], left
+        assert podman("pod", "exists", pod, check=False).returncode == 1
+        assert "stopped" in log.read_text()
+    finally:
+        slurm_cluster.run("scancel", job)
+        podman("pod", "rm", "-f", "-i", "-t", "0", pod, check=False)
+        podman("volume", "rm", "-f", f"{name}-riva-models", check=False)
