@@ -4,13 +4,13 @@ from __future__ import annotations
 
 import sys
 from collections.abc import Callable, Sequence
-from functools import wraps
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, TypeVar
 
 import click
 
 from . import __version__
+from .cliutil import reports_errors
 from .errors import InvalidInput, SparcError
 
 if TYPE_CHECKING:  # the model pulls in pydantic (~0.3 s): only commands that need it import it
@@ -19,18 +19,6 @@ if TYPE_CHECKING:  # the model pulls in pydantic (~0.3 s): only commands that ne
 F = TypeVar("F", bound=Callable[..., Any])
 
 
-def _reports_errors(func: F) -> F:
-    """Our own errors become one clear message and their exit code, never a traceback."""
-
-    @wraps(func)
-    def wrapper(*args: Any, **kwargs: Any) -> Any:
-        try:
-            return func(*args, **kwargs)
-        except SparcError as exc:
-            click.echo(str(exc), err=True)
-            sys.exit(exc.exit_code)
-
-    return wrapper  # type: ignore[return-value]
 
 
 def _profile_options(func: F) -> F:
@@ -74,7 +62,7 @@ def main() -> None:
 
 @main.command()
 @_profile_options
-@_reports_errors
+@reports_errors
 def validate(profile: str, overlays: tuple[str, ...], sets: tuple[str, ...]) -> None:
     """Check PROFILE; exit 0 with a one-line summary, or 2 with FILE:LINE: key: problem."""
     loaded = _load(profile, overlays, sets)
@@ -91,7 +79,7 @@ def validate(profile: str, overlays: tuple[str, ...], sets: tuple[str, ...]) -> 
 @_profile_options
 @click.option("--out", "out", required=True, metavar="DIR", help="Directory to write into, or - for stdout.")
 @click.option("--podman-version", metavar="X.Y", help="Render for this podman (default: the installed one).")
-@_reports_errors
+@reports_errors
 def render(
     profile: str, overlays: tuple[str, ...], sets: tuple[str, ...], out: str, podman_version: str | None
 ) -> None:
@@ -126,7 +114,7 @@ def render(
 @_profile_options
 @click.option("--dry-run", is_flag=True, help="Show what would change, change nothing.")
 @click.option("--no-wait", is_flag=True, help="Fail instead of waiting when another apply holds the lock.")
-@_reports_errors
+@reports_errors
 def apply(
     profile: str, overlays: tuple[str, ...], sets: tuple[str, ...], dry_run: bool, no_wait: bool
 ) -> None:
@@ -180,7 +168,7 @@ def apply(
 
 @main.command()
 @_profile_options
-@_reports_errors
+@reports_errors
 def diff(profile: str, overlays: tuple[str, ...], sets: tuple[str, ...]) -> None:
     """Show the file changes `apply` would make (a unified diff), changing nothing."""
     from .apply import ApplyOptions
@@ -194,7 +182,7 @@ def diff(profile: str, overlays: tuple[str, ...], sets: tuple[str, ...]) -> None
 @main.command()
 @click.argument("name")
 @click.option("--json", "as_json", is_flag=True, help="Machine-readable output.")
-@_reports_errors
+@reports_errors
 def status(name: str, as_json: bool) -> None:
     """Per service of stack NAME: unit state, health probe now, restarts, since when."""
     import json
@@ -209,7 +197,7 @@ def status(name: str, as_json: bool) -> None:
 @main.command()
 @click.argument("name")
 @click.option("--purge", is_flag=True, help="Also remove the stack's unit files and podman secrets.")
-@_reports_errors
+@reports_errors
 def down(name: str, purge: bool) -> None:
     """Stop stack NAME (its files stay, so `systemctl --user start NAME.target` brings it back)."""
     from .stack import down as stack_down
@@ -224,6 +212,10 @@ main.add_command(run)
 main.add_command(logs)
 main.add_command(restart)
 
+from .cli_export import export  # noqa: E402 - the exporters' group, in its own module too
+
+main.add_command(export)
+
 
 @main.command("render-agent-unit")
 @click.option(
@@ -233,7 +225,7 @@ main.add_command(restart)
     metavar="PATH",
     help="The sparc-agent the unit runs (`PATH run`).",
 )
-@_reports_errors
+@reports_errors
 def render_agent_unit_cmd(exec_start: str) -> None:
     """Print the agent's own user unit, sparc-agent.service (install.sh writes it to the user unit dir)."""
     from .render import render_agent_unit

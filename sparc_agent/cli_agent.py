@@ -6,29 +6,17 @@ import os
 import shutil
 import sys
 from collections.abc import Callable
-from functools import wraps
 from pathlib import Path
 from typing import Any, TypeVar
 
 import click
 
-from .errors import EnvironmentProblem, InvalidInput, SparcError
+from .cliutil import reports_errors
+from .errors import EnvironmentProblem, InvalidInput
 
 F = TypeVar("F", bound=Callable[..., Any])
 
 
-def _reports_errors(func: F) -> F:
-    """As cli._reports_errors (not imported: cli.py imports this module, `python -m sparc_agent.cli` too)."""
-
-    @wraps(func)
-    def wrapper(*args: Any, **kwargs: Any) -> Any:
-        try:
-            return func(*args, **kwargs)
-        except SparcError as exc:
-            click.echo(str(exc), err=True)
-            sys.exit(exc.exit_code)
-
-    return wrapper  # type: ignore[return-value]
 
 
 @click.command()
@@ -45,7 +33,7 @@ def _reports_errors(func: F) -> F:
     type=click.Choice(["journal", "json", "console"]),
     help="Default: journal under systemd (JOURNAL_STREAM set), else json.",
 )
-@_reports_errors
+@reports_errors
 def run(profiles: tuple[str, ...], config_dir: str | None, no_apply: bool, log_format: str | None) -> None:
     """Apply PROFILES (or the profiles dir), then keep every applied stack healthy until SIGTERM.
 
@@ -85,7 +73,7 @@ def journal_matches(stack: str, service: str | None, services: list[str]) -> lis
 @click.option("-n", "--lines", default=None, metavar="N", help="Show the last N entries.")
 @click.option("-o", "--output", default=None, metavar="MODE", help="journalctl output mode, e.g. verbose.")
 @click.option("--since", default=None, help="e.g. '10 min ago'")
-@_reports_errors
+@reports_errors
 def logs(
     name: str, service: str | None, follow: bool, lines: str | None, output: str | None, since: str | None
 ) -> None:
@@ -115,7 +103,7 @@ def logs(
 @click.command()
 @click.argument("name")
 @click.argument("service")
-@_reports_errors
+@reports_errors
 def restart(name: str, service: str) -> None:
     """Restart SERVICE of stack NAME now, clearing FATAL.
 

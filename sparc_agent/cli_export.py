@@ -7,7 +7,8 @@ from pathlib import Path
 
 import click
 
-from .cli import _load, _profile_options, _reports_errors
+from .cli import _load, _profile_options
+from .cliutil import reports_errors
 
 
 def _write(text: str, out: str | None, what: str) -> None:
@@ -43,7 +44,7 @@ def export() -> None:
     show_default=True,
     help="Type of the Service for the published ports.",
 )
-@_reports_errors
+@reports_errors
 def kube(
     profile: str,
     overlays: tuple[str, ...],
@@ -91,7 +92,7 @@ def kube(
 @click.option("--qos", help="SLURM QOS (#SBATCH --qos).")
 @click.option("--log", "log_pattern", metavar="PATTERN", help="#SBATCH --output (default STACK_%j.log).")
 @click.option("-o", "--output", "out", metavar="FILE", help="Write here instead of stdout.")
-@_reports_errors
+@reports_errors
 def slurm(
     profile: str,
     overlays: tuple[str, ...],
