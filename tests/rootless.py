@@ -137,14 +137,16 @@ class RootlessUser:
     ) -> subprocess.CompletedProcess[str]:
         return self.run(["podman", *args], check=check, timeout=timeout)
 
-    def journal(self, *matches: str) -> str:
-        """Journal entries (as root) of this user's processes, e.g. journal("SPARC_EVENT=ready")."""
-        argv = ["journalctl", "--no-pager", "-o", "cat", f"_UID={self.uid}", *matches]
-        return subprocess.run(argv, capture_output=True, text=True, timeout=60, check=False).stdout
+    def journal(self, *matches: str, output: str = "cat") -> str:
+        """Journal entries (read as root) of this user's manager and units, e.g. journal("SPARC_EVENT=ready").
+
+        Matched by the manager's slice too: uids are reused by the next test user, slice names are not."""
+        argv = ["journalctl", "--no-pager", "-o", output, f"_UID={self.uid}", f"_SYSTEMD_SLICE={self.slice}"]
+        done = subprocess.run([*argv, *matches], capture_output=True, text=True, timeout=60, check=False)
+        return done.stdout
 
     def journal_fields(self, *matches: str) -> str:
-        argv = ["journalctl", "--no-pager", "-o", "export", f"_UID={self.uid}", *matches]
-        return subprocess.run(argv, capture_output=True, text=True, timeout=60, check=False).stdout
+        return self.journal(*matches, output="export")
 
     def load_images(self, archive: Path) -> float:
         """`podman load` the stand-in images into the user's own store; returns the seconds it took."""

@@ -117,7 +117,13 @@ def test_install_start_reinstall_uninstall(
         report = json.loads(done.stdout)
         return [s["health"] for s in report["services"]] == ["ok"] * len(SERVICES)
 
-    wait_for(healthy, 60, interval=0.5, what="all services healthy")
+    try:
+        wait_for(healthy, 60, interval=0.5, what="all services healthy")
+    except TimeoutError:
+        report = user.run(["sparc-agent", "status", user.name]).stdout
+        agent_log = user.journal("_SYSTEMD_USER_UNIT=sparc-agent.service")[-4000:]
+        units = user.journal(f"_SYSTEMD_USER_UNIT={user.name}-riva.service")[-2000:]
+        pytest.fail(f"not healthy:\n{report}\n--- agent ---\n{agent_log}\n--- riva ---\n{units}")
     timings["start -> all healthy"] = time.monotonic() - t
     # rootless on this hybrid-cgroup host: the renderer chose --cgroups=enabled
     container = (home / f".config/containers/systemd/{user.name}-riva.container").read_text()
@@ -155,6 +161,29 @@ def test_install_start_reinstall_uninstall(
         assert state == "active", (name, state)
     again = user.run([str(src / "install.sh"), "--uninstall"], timeout=120)
     assert again.returncode == 0 and "nothing to uninstall" in again.stdout, again.stdout
+
+    # 5. install again: the agent adopts the running stack (no restarts); then --uninstall --purge
+    pids = {n: user.systemctl("show", f"{user.name}-{n}.service", "-p", "MainPID").stdout for n in SERVICES}
+    t = time.monotonic()
+    back = user.run([str(src / "install.sh")], timeout=600)
+    timings["install.sh after uninstall"] = time.monotonic() - t
+    assert back.returncode == 0, back.stdout + back.stderr
+    assert "sparc-agent.service is active" in back.stdout, back.stdout
+    assert pids == {
+        n: user.systemctl("show", f"{user.name}-{n}.service", "-p", "MainPID").stdout for n in SERVICES
+    }
+    t = time.monotonic()
+    purged = user.run([str(src / "install.sh"), "--uninstall", "--purge"], timeout=300)
+    timings["install.sh --uninstall --purge"] = time.monotonic() - t
+    assert purged.returncode == 0, purged.stdout + purged.stderr
+    assert f"removed stack {user.name}" in purged.stdout, purged.stdout
+    for name in SERVICES:
+        shown = user.systemctl("show", f"{user.name}-{name}.service", "-p", "LoadState,ActiveState").stdout
+        assert "LoadState=not-found" in shown and "ActiveState=inactive" in shown, (name, shown)
+    assert not list((home / ".config/containers/systemd").glob(f"{user.name}*"))
+    assert user.podman("ps", "-q").stdout.strip() == ""
+    assert not unit.exists() and not venv.exists()
+    assert (home / ".config/sparc-agent/profiles/avatar.yaml").exists()  # the user's input stays
 
     with capsys.disabled():
         print("\ninstall e2e timings: " + ", ".join(f"{k} {v:.1f} s" for k, v in timings.items()))
