@@ -3,55 +3,13 @@
 from __future__ import annotations
 
 import sys
-from collections.abc import Callable, Sequence
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, TypeVar
 
 import click
 
 from . import __version__
-from .cliutil import reports_errors
+from .cliutil import load_profile_or_exit, profile_options, reports_errors
 from .errors import InvalidInput, SparcError
-
-if TYPE_CHECKING:  # the model pulls in pydantic (~0.3 s): only commands that need it import it
-    from .profile import LoadedProfile
-
-F = TypeVar("F", bound=Callable[..., Any])
-
-
-
-
-def _profile_options(func: F) -> F:
-    func = click.option(
-        "-f",
-        "overlays",
-        multiple=True,
-        metavar="OVERLAY",
-        help="Overlay file merged over the profile (repeatable).",
-    )(func)
-    func = click.option(
-        "--set",
-        "sets",
-        multiple=True,
-        metavar="KEY=VALUE",
-        help="Override one key, e.g. services.mas.env.X=1.",
-    )(func)
-    return click.argument("profile", type=click.Path(dir_okay=False))(func)
-
-
-def _load(profile: str, overlays: Sequence[str], sets: Sequence[str]) -> LoadedProfile:
-    from .profile import load_profile
-
-    loaded = load_profile(profile, overlays, sets)
-    for warning in loaded.warnings:
-        click.echo(f"{warning.location}: {_key(warning.path)}: warning: {warning.message}", err=True)
-    return loaded
-
-
-def _key(path: tuple[str | int, ...]) -> str:
-    from .profile import format_path
-
-    return format_path(path)
 
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"]})
@@ -61,11 +19,11 @@ def main() -> None:
 
 
 @main.command()
-@_profile_options
+@profile_options
 @reports_errors
 def validate(profile: str, overlays: tuple[str, ...], sets: tuple[str, ...]) -> None:
     """Check PROFILE; exit 0 with a one-line summary, or 2 with FILE:LINE: key: problem."""
-    loaded = _load(profile, overlays, sets)
+    loaded = load_profile_or_exit(profile, overlays, sets)
     p = loaded.profile
     gpus = sum(1 for s in p.services.values() if s.gpus is not None)
     click.echo(
@@ -76,7 +34,7 @@ def validate(profile: str, overlays: tuple[str, ...], sets: tuple[str, ...]) -> 
 
 
 @main.command()
-@_profile_options
+@profile_options
 @click.option("--out", "out", required=True, metavar="DIR", help="Directory to write into, or - for stdout.")
 @click.option("--podman-version", metavar="X.Y", help="Render for this podman (default: the installed one).")
 @reports_errors
@@ -88,7 +46,7 @@ def render(
     from .render import Target, render_agent_unit
     from .render import render as render_files
 
-    loaded = _load(profile, overlays, sets)
+    loaded = load_profile_or_exit(profile, overlays, sets)
     if podman_version:
         try:
             target = Target.for_podman(podman_version)
@@ -111,7 +69,7 @@ def render(
 
 
 @main.command()
-@_profile_options
+@profile_options
 @click.option("--dry-run", is_flag=True, help="Show what would change, change nothing.")
 @click.option("--no-wait", is_flag=True, help="Fail instead of waiting when another apply holds the lock.")
 @reports_errors
@@ -137,7 +95,7 @@ def apply(
     from .apply import ApplyFailed, ApplyOptions
     from .apply import apply as run_apply
 
-    loaded = _load(profile, overlays, sets)
+    loaded = load_profile_or_exit(profile, overlays, sets)
     options = ApplyOptions(
         dry_run=dry_run, wait_for_lock=not no_wait, input_key=input_key(profile, overlays, sets)
     )
@@ -167,14 +125,14 @@ def apply(
 
 
 @main.command()
-@_profile_options
+@profile_options
 @reports_errors
 def diff(profile: str, overlays: tuple[str, ...], sets: tuple[str, ...]) -> None:
     """Show the file changes `apply` would make (a unified diff), changing nothing."""
     from .apply import ApplyOptions
     from .apply import apply as run_apply
 
-    loaded = _load(profile, overlays, sets)
+    loaded = load_profile_or_exit(profile, overlays, sets)
     report = run_apply(loaded, ApplyOptions(dry_run=True))
     click.echo(report.diff or f"{loaded.profile.name}: no changes", nl=not report.diff)
 
@@ -249,7 +207,7 @@ def doctor(profile: str | None, as_json: bool) -> None:
     problem = None
     if profile is not None:
         try:
-            loaded = _load(profile, (), ())
+            loaded = load_profile_or_exit(profile, (), ())
         except SparcError as exc:
             problem = checks.fail("profile", str(exc), f"fix it, then `sparc-agent validate {profile}`")
     report = checks.run(loaded.profile if loaded is not None else None)

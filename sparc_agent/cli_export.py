@@ -7,8 +7,7 @@ from pathlib import Path
 
 import click
 
-from .cli import _load, _profile_options
-from .cliutil import reports_errors
+from .cliutil import load_profile_or_exit, profile_options, reports_errors
 
 
 def _write(text: str, out: str | None, what: str) -> None:
@@ -27,7 +26,7 @@ def export() -> None:
 
 
 @export.command()
-@_profile_options
+@profile_options
 @click.option("-o", "--output", "out", metavar="FILE", help="Write here instead of stdout.")
 @click.option("--deployment", is_flag=True, help="A Deployment instead of a bare Pod.")
 @click.option(
@@ -60,13 +59,13 @@ def kube(
 
     if replicas != 1 and not deployment:
         raise InvalidInput("--replicas needs --deployment (a bare Pod has one replica)")
-    loaded = _load(profile, overlays, sets)
+    loaded = load_profile_or_exit(profile, overlays, sets)
     options = KubeOptions(deployment, replicas, "NodePort" if service_type == "NodePort" else "ClusterIP")
     _write(export_kube(loaded.profile, options, source=profile), out, "Kubernetes YAML")
 
 
 @export.command()
-@_profile_options
+@profile_options
 @click.option(
     "--runtime",
     type=click.Choice(["apptainer", "podman"]),
@@ -112,7 +111,7 @@ def slurm(
     from .export import partitions
     from .export.slurm import SlurmOptions, export_slurm
 
-    loaded = _load(profile, overlays, sets)
+    loaded = load_profile_or_exit(profile, overlays, sets)
     options = SlurmOptions(
         runtime="podman" if runtime == "podman" else "apptainer",
         partition=partition,

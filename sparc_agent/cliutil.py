@@ -1,15 +1,18 @@
-"""What every CLI module shares: our errors become one clear message and their exit code."""
+"""What every CLI module shares: error reporting, and the profile inputs (PROFILE, -f, --set)."""
 
 from __future__ import annotations
 
 import sys
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from functools import wraps
-from typing import Any, TypeVar
+from typing import TYPE_CHECKING, Any, TypeVar
 
 import click
 
 from .errors import SparcError
+
+if TYPE_CHECKING:  # the model pulls in pydantic (~0.3 s): only commands that need it import it
+    from .profile import LoadedProfile
 
 F = TypeVar("F", bound=Callable[..., Any])
 
@@ -26,3 +29,38 @@ def reports_errors(func: F) -> F:
             sys.exit(exc.exit_code)
 
     return wrapper  # type: ignore[return-value]
+
+
+def profile_options(func: F) -> F:
+    """PROFILE, -f OVERLAY..., --set KEY=VALUE...: the inputs of every command that reads a profile."""
+    func = click.option(
+        "-f",
+        "overlays",
+        multiple=True,
+        metavar="OVERLAY",
+        help="Overlay file merged over the profile (repeatable).",
+    )(func)
+    func = click.option(
+        "--set",
+        "sets",
+        multiple=True,
+        metavar="KEY=VALUE",
+        help="Override one key, e.g. services.mas.env.X=1.",
+    )(func)
+    return click.argument("profile", type=click.Path(dir_okay=False))(func)
+
+
+def load_profile_or_exit(profile: str, overlays: Sequence[str], sets: Sequence[str]) -> LoadedProfile:
+    """Load and validate (a ProfileInvalid ends the command with exit 2); print warnings on stderr."""
+    from .profile import load_profile
+
+    loaded = load_profile(profile, overlays, sets)
+    for warning in loaded.warnings:
+        click.echo(f"{warning.location}: {_key_path(warning.path)}: warning: {warning.message}", err=True)
+    return loaded
+
+
+def _key_path(path: tuple[str | int, ...]) -> str:
+    from .profile import format_path
+
+    return format_path(path)

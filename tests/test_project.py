@@ -84,3 +84,10 @@ def test_wheel_ships_templates_and_every_package(tmp_path: Path) -> None:
         env={**os.environ, "PYTHONPATH": str(site)},
     )
     assert "# --- containers/systemd/sparc-avatar.pod" in out
+
+
+@pytest.mark.unit
+@pytest.mark.parametrize("module", ["sparc_agent.cli", "sparc_agent.cli_agent", "sparc_agent.cli_export"])
+def test_cli_modules_import_first_in_a_fresh_interpreter(module: str) -> None:
+    """The CLI modules register into one group; whichever is imported first must not hit a cycle."""
+    _run(sys.executable, "-c", f"import {module}")
