@@ -23,11 +23,13 @@ from testhost import REPO, free_port
 pytestmark = [pytest.mark.e2e, pytest.mark.slow]
 
 SITE = sysconfig.get_paths()["purelib"]
+# what the `sparc-agent` console script runs
+ENTRY_POINT = "import sys; sys.argv[0] = 'sparc-agent'; from sparc_agent.cli import main; sys.exit(main())"
 
 
 def doctor(user: RootlessUser, *args: str, **env: str) -> tuple[int, dict[str, dict[str, str]]]:
     done = user.run(
-        ["/usr/bin/python3", "-m", "sparc_agent.cli", "doctor", "--json", *args],
+        ["/usr/bin/python3", "-c", ENTRY_POINT, "doctor", "--json", *args],
         timeout=120,
         cwd="/",
         PYTHONPATH=f"{REPO}:{SITE}",
