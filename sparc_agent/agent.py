@@ -53,6 +53,7 @@ from .systemd import UnitState, UserManager, systemd_major
 
 STATE_FILE: Final = "agent-state.json"
 PLAN_FILE: Final = "agent-plan.json"
+START_EXTEND_S: Final = 30.0  # while applying at start, ask for 3x this more start-up time, this often
 RECONCILE_S: Final = 2.0  # readlink of every stack's `current`, apply-lock check
 RESYNC_S: Final = 60.0  # re-read every unit over D-Bus, in case a signal was missed
 KILL_AFTER_S: Final = 2.0  # a restart whose stop takes longer gets SIGKILL: an unhealthy service may be hung
@@ -452,7 +453,12 @@ class Agent:
                 stdout=asyncio.subprocess.PIPE,
                 stderr=asyncio.subprocess.STDOUT,
             )
-            out, _ = await proc.communicate()
+            # a first apply may pull a 20 GB image: keep systemd's start timeout from killing it
+            heartbeat = asyncio.create_task(self._extend_start_while(f"applying {path.name}"))
+            try:
+                out, _ = await proc.communicate()
+            finally:
+                heartbeat.cancel()
             text = out.decode(errors="replace").strip()
             level = "info" if proc.returncode == 0 else "error"
             getattr(self.log, level)(
@@ -462,6 +468,12 @@ class Agent:
                 seconds=round(mono() - t0, 2),
                 reason=text.splitlines()[-1] if text else "",
             )
+
+    async def _extend_start_while(self, status: str) -> None:
+        """Until cancelled, and only before READY: EXTEND_TIMEOUT_USEC every START_EXTEND_S."""
+        while not self.ready_sent:
+            self.notifier.extend_start(START_EXTEND_S * 3, status)
+            await asyncio.sleep(START_EXTEND_S)
 
     async def _discover(self) -> None:
         """Runners for every stack with a current generation; machines carry over where plans match."""

@@ -53,6 +53,11 @@ class Notifier:
     def watchdog(self) -> None:
         self.send(WATCHDOG="1")
 
+    def extend_start(self, seconds: float, status: str) -> None:
+        """Before READY: ask systemd for `seconds` more of start-up time (systemd >= 236)."""
+        self._last_status = status
+        self.send(EXTEND_TIMEOUT_USEC=str(int(seconds * 1_000_000)), STATUS=status)
+
     def stopping(self) -> None:
         self.send(STOPPING="1")
 
