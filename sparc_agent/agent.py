@@ -408,6 +408,7 @@ class Agent:
         self._reload = asyncio.Event()
         self._pending_adoption: set[str] = set()
         self._grows_delay = False
+        self._instance: int | None = None  # the user manager we last talked to (UserManager.instance)
 
     # ------------------------------------------------------------ entry
 
@@ -518,6 +519,7 @@ class Agent:
                 async with mgr:
                     with contextlib.suppress(SparcError):
                         self._grows_delay = systemd_major(await mgr.version()) >= SYSTEMD_RESTART_STEPS
+                    restarted = await self._new_instance(mgr)
                     while not self._stop.is_set() and mgr.connected:
                         if self._reload.is_set():
                             self._reload.clear()
@@ -527,12 +529,36 @@ class Agent:
                                 await self._apply_profiles()
                             self.runners = {}  # re-read everything
                         await self._discover()
+                        if restarted:  # after _discover: the machines it carried over are the ones owed
+                            restarted = False
+                            now = mono()
+                            for runner in self.runners.values():
+                                for m in runner.machines.values():
+                                    m.on_manager_restart(now)
                         await self._session(mgr)
             except (ManagerDisconnected, NoUserManager) as exc:
                 self.log.warning("bus", reason=f"disconnected: {exc}")
             self.connected = False
             for runner in self.runners.values():
                 self.dirty(runner)
+
+    async def _new_instance(self, mgr: UserManager) -> bool:
+        """Is `mgr` another manager than the one before the disconnect (not just the same one on a new bus)?
+
+        A restarted manager stopped every unit, usually without a word to us (the bus daemon is one of its
+        units and goes first), and starts none of them: the machines must not take that for "stopped by
+        someone" (STOPPED, never restarted), or the stack would stay down."""
+        try:
+            instance = await mgr.instance()
+        except ManagerDisconnected:
+            raise
+        except SparcError:
+            return False
+        previous, self._instance = self._instance, instance
+        if previous is None or previous == instance:
+            return False
+        self.log.warning("bus", reason="the user manager was restarted: starting the services that ran")
+        return True
 
     async def _wait_stop(self, seconds: float) -> bool:
         with contextlib.suppress(TimeoutError):

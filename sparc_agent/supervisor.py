@@ -220,6 +220,7 @@ class ServiceMachine:
         self.backoff_delay = 0.0  # the delay of the current BACKOFF
         self._episode_counted = False  # systemd's NRestarts already counted this episode's restart
         self._restarted = False  # a restart happened since the last HEALTHY
+        self.owed_start = False  # the user manager restarted under the running service: start it again
 
     # ------------------------------------------------------------ helpers
 
@@ -274,6 +275,18 @@ class ServiceMachine:
             self.restarts.append(t)
         self.attempt = len(self.restarts)
 
+    def on_manager_restart(self, now: float) -> None:
+        """The user manager was replaced while we were away (`systemctl --user exit`, logout and login):
+        its units stopped with it, by nobody's choice, and the new manager starts none of them. A service
+        that was meant to run (not STOPPED, not FATAL) is owed a start; not a crash, so not counted.
+        The next `on_unit` (a fresh snapshot from the new manager) decides."""
+        self.unit = None  # the old manager's view, NRestarts and InvocationID mean nothing any more
+        self._n_restarts_seen = None
+        self.busy = self.holding = False
+        self.next_probe_at = None
+        self.backoff_until = None
+        self.owed_start = self.state not in (State.STOPPED, State.FATAL)
+
     def on_unit(self, unit: UnitView, now: float) -> None:
         prev = self.unit
         self.unit = unit
@@ -322,6 +335,12 @@ class ServiceMachine:
             return
         if self.busy:
             return  # our own restart: its outcome arrives through on_action_done
+        if self.owed_start and a == "inactive":
+            self.backoff_until, self.backoff_delay = now, 0.0
+            self._to(State.BACKOFF, now, "user manager restarted: start again", attempt=0, backoff=0.0)
+            return
+        if a != "deactivating":
+            self.owed_start = False  # it runs, or fails, again: the usual rules from here
         if a == "active":
             # only a transition into active is news: other property changes of a running unit are not
             became_active = prev is None or prev.active_state != "active" or new_invocation
@@ -488,6 +507,9 @@ class ServiceMachine:
                     return Action(Act.HOLD, "policy backoff longer than RestartSec", self.attempt + 1)
                 return None
             if self.backoff_until is not None and now >= self.backoff_until:
+                if self.owed_start:
+                    self.busy = True
+                    return Action(Act.START, self.reason, 0)
                 if unit.active_state == "inactive" and not self.holding:
                     # not failed, not restarting, not held by us: someone stopped it meanwhile
                     self.backoff_until = None
@@ -509,6 +531,13 @@ class ServiceMachine:
         if action.act is Act.STOP:
             return
         self.holding = False
+        if self.owed_start:  # the start after a manager restart: not a restart of a failed service
+            self.owed_start = False
+            if ok:
+                self.backoff_until = None
+                self._emit("restart", now, by="agent", reason=action.reason, attempt=0, ok=ok, detail=detail)
+                self._enter_starting(now, f"started ({action.reason})")
+                return
         if self._episode_counted:  # systemd's NRestarts counted it when it entered auto-restart
             self._episode_counted = False
         else:

@@ -502,6 +502,11 @@ class UserManager:
         """initializing, starting, running, degraded, maintenance, stopping."""
         return str(await self._get_property(MANAGER_PATH, MANAGER_IFACE, "SystemState"))
 
+    async def instance(self) -> int:
+        """When this manager process started (UserspaceTimestampMonotonic, µs): another value on a later
+        connection means another manager (`systemctl --user exit` and a new login), not just a new bus."""
+        return int(await self._get_property(MANAGER_PATH, MANAGER_IFACE, "UserspaceTimestampMonotonic"))
+
     async def environment(self) -> dict[str, str]:
         """The manager's environment block (what units inherit), as a dict."""
         entries: list[str] = await self._get_property(MANAGER_PATH, MANAGER_IFACE, "Environment")

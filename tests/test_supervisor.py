@@ -251,6 +251,28 @@ def test_someone_stopping_the_unit_is_respected() -> None:
     assert m.state is State.STOPPED and m.due(100.0) is None
 
 
+def test_a_restarted_user_manager_gets_the_running_services_started_again_uncounted() -> None:
+    dead = UnitView("inactive", "dead", "", 0, 0, "")  # the new manager never ran it
+    m = healthy_machine()
+    stopped = healthy_machine()
+    stopped.on_unit(UnitView("inactive", "dead", "success", 0, 0, "a"), 3.0)  # by someone, before
+    for machine in (m, stopped):
+        machine.on_manager_restart(10.0)
+        machine.on_unit(dead, 10.0)
+    assert stopped.state is State.STOPPED and stopped.due(20.0) is None  # still respected
+    assert m.state is State.BACKOFF
+    action = m.due(10.0)
+    assert action == Action(Act.START, "user manager restarted: start again", 0)
+    m.on_action_done(action, True, 10.8)
+    assert m.state is State.STARTING and m.restarts_in_window(10.8) == 0 and m.restarts_total == 0
+    m.on_unit(running("new"), 10.8)
+    m.on_probe(OK, 11.0)
+    assert m.state is State.HEALTHY and not m.recovered  # no dependent restarts either
+    # same manager, bus restarted only: a stop seen then is someone's, as before
+    m.on_unit(UnitView("inactive", "dead", "success", 0, 0, "new"), 12.0)
+    assert m.state is State.STOPPED and m.due(30.0) is None
+
+
 def test_dependency_recovery_restarts_healthy_dependents_only() -> None:
     stack = StackPlan(
         "s",
