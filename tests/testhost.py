@@ -10,7 +10,8 @@ Fixtures
 
 Helpers
     require_testhost(), testhost_problems(), free_port(), quadlet_dryrun(), systemd_analyze_verify(),
-    wait_for(), wait_tcp(), http_get(), ws_handshake(), grpc_health(), stun_binding(), podman()
+    wait_for(), wait_tcp(), http_get(), ws_handshake(), grpc_health(), stun_binding(), podman(),
+    restart_manager()
 
 e2e tests (marker ``e2e``, or any test using ``user_manager``/``standin_images``) are skipped with the
 reason when the host lacks podman/quadlet/systemd, and fail instead when ``CI=true`` or
@@ -629,6 +630,24 @@ def _launch_manager(mgr: UserManager, shim: Path | None, timeout: float = 30) ->
         log_text = mgr.log_path.read_text(errors="replace")[-4000:]
         raise RuntimeError(f"user manager {mgr.name} did not start: {exc}\n{log_text}") from exc
     mgr.start_seconds = time.monotonic() - t0
+
+
+def restart_manager(mgr: UserManager, timeout: float = 30) -> float:
+    """Restart the whole user manager of the `user_manager` fixture, like `systemctl --user exit` + login.
+
+    SIGTERM makes `systemd --user` start exit.target: its units (and their containers) stop, then it
+    exits. A new `systemd --user` starts on the same XDG dirs and cgroup subtree, with the same podman
+    shim as the first; `mgr.pid`/`mgr._proc` then name it, so the fixture's teardown stops the new one.
+    The old manager's log is kept as manager.log.1. Returns the seconds the old manager took to exit."""
+    t0 = time.monotonic()
+    if mgr.pid and _stop_pid(mgr.pid, 60):
+        raise RuntimeError(f"manager {mgr.name} (pid {mgr.pid}) needed SIGKILL to stop")
+    stopped = time.monotonic() - t0
+    with contextlib.suppress(OSError):
+        mgr.log_path.replace(mgr.log_path.with_name(mgr.log_path.name + ".1"))
+    shim = mgr.root.parent / "podman-compat" if podman_version() < (4, 4) else None  # as user_manager
+    _launch_manager(mgr, shim, timeout)
+    return stopped
 
 
 def _cleanup_podman(mgr: UserManager) -> list[str]:
