@@ -15,15 +15,12 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import os
 import shlex
 import statistics
 import subprocess
 import sys
 import tempfile
 import time
-from collections.abc import Iterator
-from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -37,18 +34,6 @@ from sparc_agent.health import probe_once  # noqa: E402
 from sparc_agent.profile import load_profile  # noqa: E402
 
 SERVICES = ["riva", "mas", "signaling", "turn", "unity"]
-
-
-@contextmanager
-def manager() -> Iterator[testhost.UserManager]:
-    root = Path(tempfile.mkdtemp(prefix="sparc-bench-", dir="/tmp"))
-    mgr = testhost._new_manager(root / "m", f"bench-{os.urandom(3).hex()}")
-    try:
-        testhost._launch_manager(mgr, None)
-        yield mgr
-    finally:
-        testhost.stop_manager(mgr)
-        subprocess.run(["rm", "-rf", str(root)], check=False)
 
 
 def all_healthy(profile_path: Path, container_prefix: str, timeout: float = 120) -> float:
@@ -90,7 +75,8 @@ def shell_loop(doc: dict[str, Any], name: str) -> str:
 
 
 def run_baseline(tmp: Path) -> float:
-    with manager() as mgr:  # only for a unique name and free ports; the loop does not use systemd
+    # a manager only for a unique name and free ports: the loop itself does not use systemd
+    with testhost.standalone_manager() as mgr:
         doc = avatar_profile(mgr, tmp)
         profile = write_profile(doc, tmp / "baseline.yaml")
         name = f"{mgr.name}-base"
@@ -118,7 +104,7 @@ def apply_cli(mgr: testhost.UserManager, profile: Path) -> float:
 
 
 def run_ours(tmp: Path, noop_runs: int) -> tuple[float, list[float], int]:
-    with manager() as mgr:
+    with testhost.standalone_manager() as mgr:
         profile = write_profile(avatar_profile(mgr, tmp), tmp / "ours.yaml")
         fresh = apply_cli(mgr, profile)
         units = [f"{mgr.name}-{s}.service" for s in SERVICES]

@@ -45,18 +45,6 @@ WINDOW_S = 12
 
 
 @contextmanager
-def manager() -> Iterator[testhost.UserManager]:
-    root = Path(tempfile.mkdtemp(prefix="sparc-bench-", dir="/tmp"))
-    mgr = testhost._new_manager(root / "m", f"bench-{os.urandom(3).hex()}")
-    try:
-        testhost._launch_manager(mgr, None)
-        yield mgr
-    finally:
-        testhost.stop_manager(mgr)
-        subprocess.run(["rm", "-rf", str(root)], check=False)
-
-
-@contextmanager
 def agent(mgr: testhost.UserManager) -> Iterator[subprocess.Popen[bytes]]:
     proc = subprocess.Popen(
         [*SPARC_AGENT, "run", "--no-apply", "--log-format", "json"],
@@ -171,7 +159,7 @@ def main() -> int:
     testhost.build_standin_images()
     hung, crashed = [], []
     with testhost.journald_running(), tempfile.TemporaryDirectory() as tmp:
-        with manager() as mgr:
+        with testhost.standalone_manager() as mgr:
             # the example's signaling timing (examples/sparc-avatar.yaml) and restart defaults
             doc = avatar_profile(mgr, Path(tmp))
             sig_port = int(doc["pod"]["ports"][1].split(":")[0])
@@ -200,7 +188,7 @@ def main() -> int:
                     crashed.append(measure(mgr, "turn", lambda: crash(mgr), lambda: stun_ok(turn_port)))
                     print(f"run {i + 1}: hung {hung[-1]:.2f} s, crash {crashed[-1]:.2f} s", flush=True)
                     time.sleep(WINDOW_S + 1)  # healthy for a window: the next run is a first failure again
-        with manager() as mgr:
+        with testhost.standalone_manager() as mgr:
             doc = avatar_profile(mgr, Path(tmp))
             del doc["services"]["unity"]
             # the example's timing: signaling every 2 s, the others at the default 5 s

@@ -105,6 +105,23 @@ def podman_version() -> tuple[int, ...]:
     return _podman_version
 
 
+def _memory_parent() -> Path | None:
+    """Our own cgroup in the v1 memory hierarchy (hybrid hosts), where managers get a child of their own.
+
+    Without it a manager shares its launcher's memory cgroup, and every quadlet container started with
+    --cgroups=split moves all processes of that cgroup, the test runner included, one `runtime/` level
+    deeper: a few hundred container starts later, cgroup paths pass PATH_MAX ("file name too long").
+    """
+    if not (CGROUP_ROOT / "memory" / "cgroup.procs").exists():
+        return None
+    with contextlib.suppress(OSError):
+        for line in Path("/proc/self/cgroup").read_text().splitlines():
+            _, controllers, path = line.split(":", 2)
+            if "memory" in controllers.split(","):
+                return CGROUP_ROOT / "memory" / path.lstrip("/")
+    return None
+
+
 def _cgroup_hierarchies() -> list[Path]:
     """Where a manager's cgroup subtree must be created: hybrid (systemd + unified) or pure v2."""
     hybrid = [CGROUP_ROOT / "systemd", CGROUP_ROOT / "unified"]
@@ -529,7 +546,9 @@ class UserManager:
         return self.root / "manager.log"
 
     def cgroup_dirs(self) -> list[Path]:
-        return [h / self.slice / "user@0.service" for h in _cgroup_hierarchies()]
+        memory = _memory_parent()
+        extra = [memory / self.slice / "user@0.service"] if memory is not None else []
+        return [h / self.slice / "user@0.service" for h in _cgroup_hierarchies()] + extra
 
     def environ(self, **extra: str) -> dict[str, str]:
         """os.environ + this manager's variables: for systemctl/busctl/podman/sparc-agent subprocesses."""
@@ -604,14 +623,27 @@ def _launch_manager(mgr: UserManager, shim: Path | None, timeout: float = 30) ->
     }
     if shim is not None:
         menv["PODMAN"] = str(shim)  # quadlet writes this path into every Exec= line
+    spawn_manager(mgr, lambda argv: argv, menv, SYSTEMD, timeout, f"user manager {mgr.name}")
+
+
+def spawn_manager(
+    mgr: UserManager,
+    wrap: Callable[[list[str]], list[str]],
+    env: dict[str, str],
+    systemd: Path | str,
+    timeout: float,
+    what: str,
+) -> None:
+    """Start `systemd --user` inside mgr's cgroup subtree (argv through `wrap`, e.g. a chroot) and wait
+    until it says running/degraded."""
     procs = " ".join(str(cg / "cgroup.procs") for cg in mgr.cgroup_dirs())
     # the shell moves itself into the subtree, then becomes systemd (same PID)
-    script = f'for f in {procs}; do echo $$ > "$f"; done; exec {SYSTEMD} --user'
+    script = f'for f in {procs}; do echo $$ > "$f"; done; exec {systemd} --user'
     t0 = time.monotonic()
     with open(mgr.log_path, "wb") as log:
         mgr._proc = subprocess.Popen(
-            ["/bin/sh", "-c", script],
-            env=menv,
+            wrap(["/bin/sh", "-c", script]),
+            env=env,
             stdin=subprocess.DEVNULL,
             stdout=log,
             stderr=subprocess.STDOUT,
@@ -625,11 +657,24 @@ def _launch_manager(mgr: UserManager, shim: Path | None, timeout: float = 30) ->
         return mgr.state() in ("running", "degraded")
 
     try:
-        wait_for(ready, timeout, what=f"user manager {mgr.name}")
+        wait_for(ready, timeout, what=what)
     except (RuntimeError, TimeoutError) as exc:
         log_text = mgr.log_path.read_text(errors="replace")[-4000:]
         raise RuntimeError(f"user manager {mgr.name} did not start: {exc}\n{log_text}") from exc
     mgr.start_seconds = time.monotonic() - t0
+
+
+@contextlib.contextmanager
+def standalone_manager() -> Iterator[UserManager]:
+    """A manager outside pytest (benchmarks): its own dirs under /tmp, stopped and removed at the end."""
+    root = Path(tempfile.mkdtemp(prefix="sparc-bench-", dir="/tmp"))
+    mgr = _new_manager(root / "m", f"bench-{os.urandom(3).hex()}")
+    try:
+        _launch_manager(mgr, None)
+        yield mgr
+    finally:
+        stop_manager(mgr)
+        shutil.rmtree(root, ignore_errors=True)
 
 
 def restart_manager(mgr: UserManager, timeout: float = 30) -> float:
@@ -676,6 +721,9 @@ def _remove_cgroups(mgr: UserManager) -> list[int]:
     tops = [h / mgr.slice for h in CGROUP_ROOT.iterdir() if (h / mgr.slice).is_dir()]
     if (CGROUP_ROOT / mgr.slice).is_dir():
         tops.append(CGROUP_ROOT / mgr.slice)
+    memory = _memory_parent()
+    if memory is not None and (memory / mgr.slice).is_dir() and memory / mgr.slice not in tops:
+        tops.append(memory / mgr.slice)
     for top in tops:
         for procs in top.rglob("cgroup.procs"):
             with contextlib.suppress(OSError):

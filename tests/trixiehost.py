@@ -51,7 +51,7 @@ from testhost import (
     podman,
     require_testhost,
     run,
-    wait_for,
+    spawn_manager,
 )
 
 ROOT = Path(os.environ.get("TRIXIE_ROOT", "/opt/sparc-trixie-root"))
@@ -427,33 +427,9 @@ def _new_trixie_manager(name: str) -> TrixieManager:
 
 
 def _launch_trixie_manager(mgr: TrixieManager, timeout: float = 30) -> None:
-    procs = " ".join(str(cg / "cgroup.procs") for cg in mgr.cgroup_dirs())
-    # the shell moves itself into the subtree, then becomes systemd (same PID as chroot's)
-    script = f'for f in {procs}; do echo $$ > "$f"; done; exec /lib/systemd/systemd --user'
-    menv = {**mgr.environ(), "USER": "root", "LOGNAME": "root"}
-    t0 = time.monotonic()
-    with open(mgr.log_path, "wb") as log:
-        mgr._proc = subprocess.Popen(
-            mgr.command(["/bin/sh", "-c", script]),
-            env=menv,
-            stdin=subprocess.DEVNULL,
-            stdout=log,
-            stderr=subprocess.STDOUT,
-            start_new_session=True,
-        )
-    mgr.pid = mgr._proc.pid
-
-    def ready() -> bool:
-        if not mgr.is_running():
-            raise RuntimeError(f"systemd --user exited {mgr._proc.returncode if mgr._proc else '?'}")
-        return mgr.state() in ("running", "degraded")
-
-    try:
-        wait_for(ready, timeout, what=f"user manager {mgr.name} in {mgr.rootfs}")
-    except (RuntimeError, TimeoutError) as exc:
-        log_text = mgr.log_path.read_text(errors="replace")[-4000:]
-        raise RuntimeError(f"user manager {mgr.name} did not start: {exc}\n{log_text}") from exc
-    mgr.start_seconds = time.monotonic() - t0
+    env = {**mgr.environ(), "USER": "root", "LOGNAME": "root"}
+    what = f"user manager {mgr.name} in {mgr.rootfs}"
+    spawn_manager(mgr, mgr.command, env, "/lib/systemd/systemd", timeout, what)
 
 
 def remove_podman_objects(
