@@ -36,6 +36,7 @@ from testhost import (
     _cgroup_hierarchies,
     _stop_pid,
     build_standin_images,
+    remove_cgroup_trees,
     require_testhost,
     wait_for,
 )
@@ -226,26 +227,9 @@ def _teardown(user: RootlessUser) -> list[str]:
             os.kill(pid, signal.SIGKILL)
     with contextlib.suppress(Exception):
         wait_for(lambda: not _user_pids(user.uid), 10, what=f"processes of {user.name} gone")
-    for top in [h / user.slice for h in _cgroup_hierarchies()] + [
-        h / user.slice for h in Path("/sys/fs/cgroup").iterdir() if (h / user.slice).is_dir()
-    ]:
-        if not top.is_dir():
-            continue
-        for procs in top.rglob("cgroup.procs"):
-            with contextlib.suppress(OSError, ValueError):
-                for pid in map(int, procs.read_text().split()):
-                    with contextlib.suppress(ProcessLookupError):
-                        os.kill(pid, signal.SIGKILL)
-        dirs = sorted((p for p in top.rglob("*") if p.is_dir()), key=lambda p: len(p.parts), reverse=True)
-        for d in [*dirs, top]:
-            for _ in range(100):
-                try:
-                    d.rmdir()
-                    break
-                except FileNotFoundError:
-                    break
-                except OSError:
-                    time.sleep(0.05)
+    tops = {h / user.slice for h in _cgroup_hierarchies()}
+    tops |= {h / user.slice for h in Path("/sys/fs/cgroup").iterdir() if (h / user.slice).is_dir()}
+    remove_cgroup_trees(sorted(tops))
     shutil.rmtree(user.runtime_dir, ignore_errors=True)
     Path(f"/var/lib/systemd/linger/{user.name}").unlink(missing_ok=True)
     done = subprocess.run(["userdel", "-r", user.name], capture_output=True, text=True, check=False)

@@ -695,8 +695,12 @@ def restart_manager(mgr: UserManager, timeout: float = 30) -> float:
     return stopped
 
 
-def _cleanup_podman(mgr: UserManager) -> list[str]:
-    """Remove containers, pods, volumes, networks and secrets named with the manager's prefix."""
+def _cleanup_podman(
+    mgr: UserManager, call: Callable[..., subprocess.CompletedProcess[str]] | None = None
+) -> list[str]:
+    """Remove containers, pods, volumes, networks and secrets named with the manager's prefix
+    (`call` runs podman: the host's by default, or e.g. the trixie root's)."""
+    call = call or podman
     removed: list[str] = []
     listings = [
         (["ps", "-a", "--format", "{{.Names}}"], ["rm", "-f", "-t", "0"]),
@@ -706,9 +710,9 @@ def _cleanup_podman(mgr: UserManager) -> list[str]:
         (["secret", "ls", "--format", "{{.Name}}"], ["secret", "rm"]),
     ]
     for listing, remove in listings:
-        names = [n for n in podman(*listing, check=False).stdout.split() if mgr.owns(n)]
+        names = [n for n in call(*listing, check=False).stdout.split() if mgr.owns(n)]
         if names:
-            podman(*remove, *names, check=False)
+            call(*remove, *names, check=False)
             removed += names
     return removed
 
@@ -717,21 +721,28 @@ def _remove_cgroups(mgr: UserManager) -> list[int]:
     """rmdir the manager's cgroup subtree in every hierarchy (v1 controllers too: --cgroups=split).
 
     Processes still inside it belong to this test by construction; they are killed first."""
-    killed: list[int] = []
     tops = [h / mgr.slice for h in CGROUP_ROOT.iterdir() if (h / mgr.slice).is_dir()]
     if (CGROUP_ROOT / mgr.slice).is_dir():
         tops.append(CGROUP_ROOT / mgr.slice)
     memory = _memory_parent()
     if memory is not None and (memory / mgr.slice).is_dir() and memory / mgr.slice not in tops:
         tops.append(memory / mgr.slice)
+    return remove_cgroup_trees(tops)
+
+
+def remove_cgroup_trees(tops: Sequence[Path]) -> list[int]:
+    """Kill what is still inside these cgroup subtrees (ours by construction), then rmdir them."""
+    killed: list[int] = []
     for top in tops:
         for procs in top.rglob("cgroup.procs"):
-            with contextlib.suppress(OSError):
+            with contextlib.suppress(OSError, ValueError):
                 for pid in map(int, procs.read_text().split()):
                     with contextlib.suppress(ProcessLookupError):
                         os.kill(pid, signal.SIGKILL)
                         killed.append(pid)
     for top in tops:
+        if not top.is_dir():
+            continue
         dirs = sorted((p for p in top.rglob("*") if p.is_dir()), key=lambda p: len(p.parts), reverse=True)
         for d in [*dirs, top]:
             # EBUSY while the kernel still tears down the killed processes: retry briefly

@@ -35,7 +35,7 @@ import sys
 import tempfile
 import time
 import tomllib
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -44,6 +44,7 @@ from testhost import (
     REPO,
     SHARED_STATE,
     UserManager,
+    _cleanup_podman,
     _locked,
     _pid_alive,
     _remove_cgroups,
@@ -432,26 +433,6 @@ def _launch_trixie_manager(mgr: TrixieManager, timeout: float = 30) -> None:
     spawn_manager(mgr, mgr.command, env, "/lib/systemd/systemd", timeout, what)
 
 
-def remove_podman_objects(
-    mgr: UserManager, call: Callable[..., subprocess.CompletedProcess[str]] = podman
-) -> list[str]:
-    """Containers, pods, volumes, networks and secrets named with the manager's prefix."""
-    removed: list[str] = []
-    listings = [
-        (["ps", "-a", "--format", "{{.Names}}"], ["rm", "-f", "-t", "0"]),
-        (["pod", "ps", "--format", "{{.Name}}"], ["pod", "rm", "-f", "-t", "0"]),
-        (["volume", "ls", "--format", "{{.Name}}"], ["volume", "rm", "-f"]),
-        (["network", "ls", "--format", "{{.Name}}"], ["network", "rm", "-f"]),
-        (["secret", "ls", "--format", "{{.Name}}"], ["secret", "rm"]),
-    ]
-    for listing, remove in listings:
-        names = [n for n in call(*listing, check=False).stdout.split() if mgr.owns(n)]
-        if names:
-            call(*remove, *names, check=False)
-            removed += names
-    return removed
-
-
 def _stop(pid: int, timeout: float = 60) -> bool:
     """SIGTERM (= systemctl --user exit), SIGKILL after timeout; True if SIGKILL was needed."""
     with contextlib.suppress(ProcessLookupError):
@@ -475,7 +456,7 @@ def stop_trixie_manager(mgr: TrixieManager) -> list[str]:
     problems: list[str] = []
     if mgr.pid and _stop(mgr.pid):
         problems.append(f"manager {mgr.name} (pid {mgr.pid}) needed SIGKILL")
-    leftovers = remove_podman_objects(mgr, mgr.podman)
+    leftovers = _cleanup_podman(mgr, mgr.podman)
     if leftovers:
         print(f"trixiehost: removed podman objects of {mgr.name}: {leftovers}")
     killed = _remove_cgroups(mgr)
