@@ -382,17 +382,15 @@ class ServiceMachine:
                 f"{self.restarts_in_window(now)} restarts within {self.plan.window:g}s; last: {unit.result}",
             )
             return
-        delay = self.plan.backoff(self.attempt + 1)
         # systemd's RestartSec is backoff.initial: when the policy wants longer, hold its restart
         self.holding = False
+        self._enter_backoff(now, f"unit {unit.active_state} ({unit.result or unit.sub_state})")
+
+    def _enter_backoff(self, now: float, reason: str) -> None:
+        """Wait the policy's next backoff before restart attempt `attempt + 1`."""
+        delay = self.plan.backoff(self.attempt + 1)
         self.backoff_until, self.backoff_delay, self._episode_counted = now + delay, delay, False
-        self._to(
-            State.BACKOFF,
-            now,
-            f"unit {unit.active_state} ({unit.result or unit.sub_state})",
-            attempt=self.attempt + 1,
-            backoff=round(delay, 3),
-        )
+        self._to(State.BACKOFF, now, reason, attempt=self.attempt + 1, backoff=round(delay, 3))
 
     def _enter_starting(self, now: float, reason: str) -> None:
         self.fails = 0
@@ -469,15 +467,7 @@ class ServiceMachine:
                 f" still unhealthy: {result.detail}",
             )
             return
-        delay = self.plan.backoff(self.attempt + 1)
-        self.backoff_until, self.backoff_delay, self._episode_counted = now + delay, delay, False
-        self._to(
-            State.BACKOFF,
-            now,
-            f"unhealthy: {result.detail}",
-            attempt=self.attempt + 1,
-            backoff=round(delay, 3),
-        )
+        self._enter_backoff(now, f"unhealthy: {result.detail}")
 
     def due(self, now: float) -> Action | None:
         """The action to take now, if any; the caller runs it, then calls on_action_done."""
@@ -551,15 +541,7 @@ class ServiceMachine:
         elif self._budget_spent(now):
             self._fatal(now, f"restart failed: {detail}")
         else:
-            delay = self.plan.backoff(self.attempt + 1)
-            self.backoff_until, self.backoff_delay, self._episode_counted = now + delay, delay, False
-            self._to(
-                State.BACKOFF,
-                now,
-                f"restart failed: {detail}",
-                attempt=self.attempt + 1,
-                backoff=round(delay, 3),
-            )
+            self._enter_backoff(now, f"restart failed: {detail}")
 
     def dependency_recovered(self, dep: str, now: float) -> Action | None:
         """A `healthy` dependency came back after a restart: restart this one too (not counted as a crash)."""
