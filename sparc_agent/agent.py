@@ -45,6 +45,7 @@ from .supervisor import (
     Action,
     ProbeView,
     ServiceMachine,
+    ServicePlan,
     StackPlan,
     State,
     UnitView,
@@ -52,7 +53,6 @@ from .supervisor import (
 from .systemd import UnitState, UserManager, systemd_major
 
 STATE_FILE: Final = "agent-state.json"
-PLAN_FILE: Final = "agent-plan.json"
 START_EXTEND_S: Final = 30.0  # while applying at start, ask for 3x this more start-up time, this often
 RECONCILE_S: Final = 2.0  # readlink of every stack's `current`, apply-lock check
 RESYNC_S: Final = 60.0  # re-read every unit over D-Bus, in case a signal was missed
@@ -96,40 +96,13 @@ def generation_number(root: Path) -> int | None:
 
 
 async def load_plan(root: Path) -> StackPlan | None:
-    """The plan of the stack's current generation: from the cache, else from a helper process."""
+    """The plan of the stack's current generation, as apply recorded it in meta.json (no model needed)."""
     number = generation_number(root)
     if number is None:
         return None
-    cache = root / PLAN_FILE
-    with contextlib.suppress(OSError, ValueError, KeyError, TypeError):
-        data = json.loads(cache.read_text())
-        if data.get("generation") == number:
-            return StackPlan.from_json(data)
-    profile = root / "current" / "profile.yaml"
-    proc = await asyncio.create_subprocess_exec(
-        sys.executable,
-        "-m",
-        "sparc_agent.agent",
-        "plan",
-        str(profile),
-        str(number),
-        stdout=asyncio.subprocess.PIPE,
-        stderr=asyncio.subprocess.PIPE,
-    )
-    out, err = await proc.communicate()
-    if proc.returncode != 0:
-        raise SparcError(f"cannot read the plan of {profile}: {err.decode(errors='replace').strip()[-500:]}")
-    data = json.loads(out)
-    write_atomic(cache, json.dumps(data, indent=1).encode())
-    return StackPlan.from_json(data)
-
-
-def _plan_main(profile: str, generation: str) -> None:
-    from .profile import load_profile
-    from .supervisor import plan_from_profile
-
-    plan = plan_from_profile(load_profile(profile).profile, int(generation))
-    print(json.dumps(plan.to_json()))
+    meta = json.loads((root / "current" / "meta.json").read_text())
+    services = tuple(ServicePlan(**s) for s in meta["plan"]["services"])
+    return StackPlan(root.name, number, services)
 
 
 # ---------------------------------------------------------------- apply lock (read, never taken)
@@ -250,12 +223,12 @@ class StackRunner:
                     self.pokes[name].set()
 
     async def _service_loop(self, mgr: UserManager, name: str) -> None:
-        from .noop import _spec
+        from .noop import spec_from_plan
         from .probes import run_probe
 
         m = self.machines[name]
         poke = self.pokes[name]
-        spec = _spec(m.plan.probe) if m.plan.probe else None
+        spec = spec_from_plan(m.plan.probe) if m.plan.probe else None
         while True:
             poke.clear()
             if self.paused:
@@ -694,10 +667,3 @@ def run(options: AgentOptions) -> int:
         return await Agent(options).main()
 
     return asyncio.run(go())
-
-
-if __name__ == "__main__":
-    if len(sys.argv) == 4 and sys.argv[1] == "plan":
-        _plan_main(sys.argv[2], sys.argv[3])
-    else:
-        sys.exit("usage: python -m sparc_agent.agent plan PROFILE GENERATION")

@@ -17,7 +17,7 @@ import subprocess
 import sys
 import time
 from collections.abc import Iterator
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import TextIO
 
@@ -28,11 +28,11 @@ from .generations import Generation, Store
 from .health import APPLY_POLL_S, probe_once, start_budget
 from .hostinfo import detect
 from .model import Profile
-from .noop import probe_plan
 from .paths import Paths
 from .probes import ProbeOutcome
 from .profile import LoadedProfile, load_profile
 from .render import QUADLET_DIR, UNIT_DIR, Names, Target, owner, render, unit_of
+from .supervisor import plan_from_profile
 from .systemd import UserManager
 
 
@@ -440,21 +440,9 @@ async def apply_async(loaded: LoadedProfile, options: ApplyOptions, log: TextIO)
 
 
 def runtime_plan(profile: Profile) -> dict[str, object]:
-    """What noop.try_noop needs to check a stack without the model (see sparc_agent/noop.py)."""
-    names = Names(profile.name)
-    services = []
-    for name in start_order(profile):
-        health = profile.services[name].health
-        services.append(
-            {
-                "name": name,
-                "unit": names.service_unit(name),
-                "container": names.container(name),
-                "probe": probe_plan(health.kind, health.probe.model_dump(mode="json"), health.timeout)
-                if health
-                else None,
-            }
-        )
+    """What supervises a generation without the model: the agent's service plans (units, containers,
+    probes, timing, policy) and where secrets come from (noop.try_noop checks them)."""
+    services = [asdict(s) for s in plan_from_profile(profile, 0).services]
     sources = {n: {"file": d.file} if d.file else {"env": d.env} for n, d in profile.secrets.items()}
     return {"services": services, "secret_sources": sources}
 

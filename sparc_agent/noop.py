@@ -46,11 +46,8 @@ def input_key(profile: str, overlays: Sequence[str], sets: Sequence[str]) -> str
     return digest.hexdigest()
 
 
-def probe_plan(kind: str, probe: dict[str, Any], timeout: float) -> dict[str, Any]:
-    return {"kind": kind, **probe, "timeout_s": timeout}
-
-
-def _spec(plan: dict[str, Any]) -> ps.ProbeSpec:
+def spec_from_plan(plan: dict[str, Any]) -> ps.ProbeSpec:
+    """A ServicePlan's probe ({"kind": "http", "port": .., "timeout_s": ..}) as the probes' spec."""
     fields = {k: v for k, v in plan.items() if k != "kind"}
     kinds: dict[str, type[ps.ProbeSpec]] = {
         "tcp": ps.TcpSpec,
@@ -136,7 +133,11 @@ async def _running_and_healthy(stack: str, meta: dict[str, Any]) -> NoopReport |
             if not all(st.active_state == "active" for st in states):
                 return None
             results = await asyncio.gather(
-                *(run_probe(_spec(s["probe"]), container=s["container"]) for s in services if s.get("probe"))
+                *(
+                    run_probe(spec_from_plan(s["probe"]), container=s["container"])
+                    for s in services
+                    if s.get("probe")
+                )
             )
     except SparcError:
         return None  # the full path reports bus problems properly

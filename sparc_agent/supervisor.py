@@ -61,7 +61,7 @@ class ServicePlan:
     unit: str
     container: str
     probe: dict[str, Any] | None = (
-        None  # noop.probe_plan() form: {"kind": "http", "port": .., "timeout_s": ..}
+        None  # {"kind": "http", "port": .., "timeout_s": ..}: see noop.spec_from_plan
     )
     interval: float = 5.0
     timeout: float = 2.0
@@ -103,7 +103,7 @@ class StackPlan:
 
 
 def plan_from_profile(profile: Profile, generation: int) -> StackPlan:
-    """The supervision plan of a validated profile (run in a helper process: see agent.load_plan)."""
+    """The supervision plan of a validated profile; apply records it in each generation's meta.json."""
     from .checks import start_order
     from .render import Names
 
