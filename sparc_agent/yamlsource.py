@@ -21,6 +21,7 @@ import yaml
 # bomb is small text that expands hugely; big honest documents are capped by size instead)
 MAX_ALIAS_VALUES = 10_000
 MAX_DEPTH = 100
+_TOO_DEEP = f"nesting deeper than {MAX_DEPTH} levels is refused"
 
 Path = tuple[str | int, ...]
 
@@ -89,6 +90,8 @@ def load_yaml(text: str, filename: str) -> tuple[Any, SourceMap]:
         mark = getattr(exc, "problem_mark", None)
         line = mark.line + 1 if mark is not None else None
         problem = " ".join(str(getattr(exc, "problem", None) or exc).split())
+        if "nesting depth" in problem:  # PyYAML >= 6.0.4's scanner stops flow nesting past ~1000 first
+            raise YamlError(Location(filename, line), (), _TOO_DEEP) from None
         raise YamlError(Location(filename, line), (), f"not valid YAML: {problem}") from None
     return builder.result, smap
 
@@ -177,7 +180,7 @@ class _Builder:
         path = self._child_path(event, is_scalar=False)
         assert path is not None
         if len(self.stack) >= MAX_DEPTH:
-            raise YamlError(self._loc(event), path, f"nesting deeper than {MAX_DEPTH} levels is refused")
+            raise YamlError(self._loc(event), path, _TOO_DEEP)
         self._count(event, path)
         self.smap.locations.setdefault(path, self._loc(event))
         value: Any = {} if isinstance(event, yaml.MappingStartEvent) else []
@@ -267,7 +270,9 @@ class _Builder:
             sources = value if isinstance(value, list) else [value]
             if not all(isinstance(src, dict) for src in sources):
                 raise YamlError(top.merge_at or self.smap.locate(path), path, "`<<` merges mappings only")
-            for src in reversed(sources):  # earlier sources win
+            # the YAML merge spec: with a list, earlier sources win (PyYAML 6.0.4 lets later
+            # ones win; a profile's meaning must not change with a dependency's patch release)
+            for src in reversed(sources):
                 top.merged.update(src)
             top.key = None
         else:

@@ -24,8 +24,23 @@ services:
 
 
 def test_values_match_pyyaml_safe_load() -> None:
+    # the oracle only where PyYAML's versions agree with the spec: no list merges here
+    doc = DOC.replace("<<: [*defaults, {image: other, gpus: 2}]", "<<: *defaults\n    image: other")
+    value, _ = load_yaml(doc, "p.yaml")
+    assert value == yaml.safe_load(doc)
+
+
+def test_merge_list_earlier_source_wins_as_the_spec_says() -> None:
+    # PyYAML 6.0.3 agrees; 6.0.4 lets the later mapping win. Ours is pinned to the spec.
     value, _ = load_yaml(DOC, "p.yaml")
-    assert value == yaml.safe_load(DOC)
+    assert value["services"]["b"] == {"image": "localhost/x:1", "env": {"A": "1"}, "gpus": 2}
+    assert value["services"]["a"] == {"image": "localhost/x:1", "env": {"B": "2"}}
+
+
+def test_explicit_keys_win_over_every_merge_source() -> None:
+    text = "d: &d {x: 1, y: 1}\ne: {y: 2, z: 2}\nm:\n  <<: [*d, {x: 3, w: 3}]\n  x: 9\n"
+    value, _ = load_yaml(text, "p.yaml")
+    assert value["m"] == {"x": 9, "y": 1, "w": 3}
 
 
 def test_lines_follow_keys_through_aliases_and_merges() -> None:
@@ -64,5 +79,12 @@ def test_alias_budget_counts_expansions_not_document_size() -> None:
 
 
 def test_very_deep_nesting_is_refused_without_crashing() -> None:
-    with pytest.raises(YamlError, match="deeper than 100"):
+    with pytest.raises(YamlError, match="deeper than 100") as err:
         load_yaml("a: " + "[" * 100_000 + "]" * 100_000 + "\n", "deep.yaml")  # libyaml's composer segfaults
+    assert err.value.location.line == 1
+
+
+@pytest.mark.parametrize("depth", [101, 500, 5000])
+def test_nesting_limit_is_ours_whatever_pyyaml_allows(depth: int) -> None:
+    with pytest.raises(YamlError, match="nesting deeper than 100 levels is refused"):
+        load_yaml("a: " + "[" * depth + "]" * depth + "\n", "deep.yaml")
