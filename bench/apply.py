@@ -30,8 +30,8 @@ sys.path.insert(0, str(ROOT / "tests"))
 import testhost  # noqa: E402 - the test host helpers, shared with the e2e tests
 from stackfiles import SPARC_AGENT, avatar_profile, unit_props, write_profile  # noqa: E402
 
-from sparc_agent.health import probe_once  # noqa: E402
-from sparc_agent.profile import load_profile  # noqa: E402
+from sparc_agent.probes.health import probe_once  # noqa: E402
+from sparc_agent.profile.load import load_profile  # noqa: E402
 
 SERVICES = ["riva", "mas", "signaling", "turn", "unity"]
 

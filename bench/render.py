@@ -17,7 +17,7 @@ from pathlib import Path
 
 import yaml
 
-from sparc_agent.profile import load_profile
+from sparc_agent.profile.load import load_profile
 from sparc_agent.render import Target, render
 
 

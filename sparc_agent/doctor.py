@@ -28,8 +28,8 @@ from functools import cached_property, partial
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Literal
 
-from .hostinfo import QUADLET_PATHS
-from .render.versions import (
+from sparc_agent.host.detect import QUADLET_PATHS
+from sparc_agent.render.versions import (
     PODMAN_DELETES_ID_FILES,
     PODMAN_VOLUME_CREATE_IGNORE,
     QUADLET_SINCE,
@@ -39,7 +39,7 @@ from .render.versions import (
 )
 
 if TYPE_CHECKING:
-    from .model import Profile
+    from sparc_agent.profile.model import Profile
 
 Status = Literal["ok", "warn", "fail"]
 EXIT_CODES: dict[Status, int] = {"ok": 0, "warn": 1, "fail": 3}
@@ -322,8 +322,8 @@ def _bus_address(host: Host) -> str:
 def check_user_manager(host: Host) -> Check:
     import asyncio
 
-    from .errors import SparcError
-    from .systemd import UserManager
+    from sparc_agent.errors import SparcError
+    from sparc_agent.host.systemd import UserManager
 
     address = _bus_address(host)
     hint = (
@@ -488,7 +488,7 @@ def _wanted_gpus(profile: Profile | None) -> set[str] | None:
     """CDI device names the profile asks for (None: no profile given)."""
     if profile is None:
         return None
-    from .render import _gpu_devices
+    from sparc_agent.render import _gpu_devices
 
     wanted: set[str] = set()
     for svc in profile.services.values():

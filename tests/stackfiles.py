@@ -11,7 +11,7 @@ from typing import Any
 import yaml
 from testhost import UserManager, free_port
 
-SPARC_AGENT = [sys.executable, "-m", "sparc_agent.cli"]
+SPARC_AGENT = [sys.executable, "-m", "sparc_agent.cli.main"]
 
 
 def avatar_profile(mgr: UserManager, tmp: Path, **service_overrides: dict[str, Any]) -> dict[str, Any]:

@@ -10,9 +10,9 @@ from pathlib import Path
 
 import pytest
 
-from sparc_agent import agent as agent_mod
-from sparc_agent.agent import Agent, AgentOptions
-from sparc_agent.paths import Paths
+from sparc_agent.agent import runner as agent_mod
+from sparc_agent.agent.runner import Agent, AgentOptions
+from sparc_agent.state.paths import Paths
 
 pytestmark = pytest.mark.unit
 
@@ -24,7 +24,7 @@ def test_slow_start_apply_extends_the_start_timeout(tmp_path: Path, monkeypatch:
     server.settimeout(5)
     monkeypatch.setenv("NOTIFY_SOCKET", str(notify))
     monkeypatch.setattr(agent_mod, "START_EXTEND_S", 0.2)
-    # stands in for `python -m sparc_agent.cli apply PROFILE`: a slow first apply
+    # stands in for `python -m sparc_agent.cli.main apply PROFILE`: a slow first apply
     slow = tmp_path / "slow-python"
     slow.write_text("#!/bin/sh\nsleep 1\necho 'applied'\n")
     slow.chmod(0o755)

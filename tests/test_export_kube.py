@@ -14,9 +14,9 @@ import yaml
 from click.testing import CliRunner
 from testhost import free_port, grpc_health, http_get, podman, run, stun_binding, wait_for, ws_handshake
 
-from sparc_agent.cli_export import export
+from sparc_agent.cli.export import export
 from sparc_agent.export.kube import KubeOptions, export_kube, k8s_literal
-from sparc_agent.profile import load_profile
+from sparc_agent.profile.load import load_profile
 
 ROOT = Path(__file__).resolve().parent.parent
 GOLDEN = ROOT / "tests" / "golden" / "export"

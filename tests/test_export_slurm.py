@@ -14,10 +14,10 @@ from click.testing import CliRunner
 from slurmhost import SlurmCluster, slurm_cluster_fixture  # noqa: F401 - provides `slurm_cluster`
 from testhost import free_port, grpc_health, http_get, podman, stun_binding, wait_for, ws_handshake
 
-from sparc_agent.cli_export import export
+from sparc_agent.cli.export import export
 from sparc_agent.export.shell import sh_quote
 from sparc_agent.export.slurm import SlurmOptions, export_slurm
-from sparc_agent.profile import load_profile
+from sparc_agent.profile.load import load_profile
 
 ROOT = Path(__file__).resolve().parent.parent
 GOLDEN = ROOT / "tests" / "golden" / "export"

@@ -10,8 +10,8 @@ from pathlib import Path
 import pytest
 from click.testing import CliRunner
 
-from sparc_agent.cli import main
-from sparc_agent.model import Profile
+from sparc_agent.cli.main import main
+from sparc_agent.profile.model import Profile
 from sparc_agent.render import Target, render, render_agent_unit
 
 pytestmark = pytest.mark.unit

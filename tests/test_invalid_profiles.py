@@ -7,7 +7,7 @@ from pathlib import Path
 import pytest
 from click.testing import CliRunner
 
-from sparc_agent.cli import main
+from sparc_agent.cli.main import main
 
 pytestmark = pytest.mark.unit
 

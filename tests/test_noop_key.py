@@ -6,7 +6,7 @@ from pathlib import Path
 
 import pytest
 
-from sparc_agent.noop import input_key
+from sparc_agent.apply.noop import input_key
 
 pytestmark = pytest.mark.unit
 

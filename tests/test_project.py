@@ -57,7 +57,7 @@ def test_wheel_ships_templates_and_every_package(tmp_path: Path) -> None:
     (wheel,) = tmp_path.glob("sparc_agent-*.whl")
     names = zipfile.ZipFile(wheel).namelist()
     for template in [*ROOT.glob("quadlets/*.j2"), *ROOT.glob("units/*.j2")]:
-        assert f"sparc_agent/{template.parent.name}/{template.name}" in names
+        assert f"sparc_agent/render/templates/{template.parent.name}/{template.name}" in names
     for init in (ROOT / "sparc_agent").rglob("__init__.py"):
         assert str(init.relative_to(ROOT)) in names, f"{init.parent} is missing from pyproject's packages"
     # render from the unpacked wheel, outside the checkout: templates come from the package, not the tree
@@ -66,7 +66,7 @@ def test_wheel_ships_templates_and_every_package(tmp_path: Path) -> None:
     code = (
         "import sparc_agent, sys\n"
         "assert sparc_agent.__file__.startswith(sys.argv.pop(1)), sparc_agent.__file__\n"
-        "from sparc_agent.cli import main\n"
+        "from sparc_agent.cli.main import main\n"
         "main()"
     )
     out = _run(
@@ -87,7 +87,9 @@ def test_wheel_ships_templates_and_every_package(tmp_path: Path) -> None:
 
 
 @pytest.mark.unit
-@pytest.mark.parametrize("module", ["sparc_agent.cli", "sparc_agent.cli_agent", "sparc_agent.cli_export"])
+@pytest.mark.parametrize(
+    "module", ["sparc_agent.cli.main", "sparc_agent.cli.agent", "sparc_agent.cli.export"]
+)
 def test_cli_modules_import_first_in_a_fresh_interpreter(module: str) -> None:
     """The CLI modules register into one group; whichever is imported first must not hit a cycle."""
     _run(sys.executable, "-c", f"import {module}")

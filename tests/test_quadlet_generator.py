@@ -15,7 +15,7 @@ import yaml
 from hypothesis import HealthCheck, given, reject, settings
 from hypothesis import strategies as st
 
-from sparc_agent.profile import ProfileInvalid, load_profile
+from sparc_agent.profile.load import ProfileInvalid, load_profile
 from sparc_agent.render import Target, render
 
 QUADLET = "/usr/libexec/podman/quadlet"

@@ -6,7 +6,7 @@ from pathlib import Path
 
 import pytest
 
-from sparc_agent.profile import load_profile
+from sparc_agent.profile.load import load_profile
 from sparc_agent.render import Target, is_ours, render, render_agent_unit
 
 pytestmark = pytest.mark.unit

@@ -10,7 +10,7 @@ from typing import Any
 
 import pytest
 
-from sparc_agent.supervisor import (
+from sparc_agent.agent.supervisor import (
     Act,
     Action,
     ProbeView,
@@ -307,7 +307,7 @@ def test_snapshot_has_what_status_shows() -> None:
 
 
 def test_sd_notify_datagrams(tmp_path: Any) -> None:
-    from sparc_agent.notify import Notifier
+    from sparc_agent.agent.notify import Notifier
 
     path = tmp_path / "notify"
     server = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
@@ -327,7 +327,7 @@ def test_sd_notify_datagrams(tmp_path: Any) -> None:
 
 
 def test_journal_native_encoding() -> None:
-    from sparc_agent.logging import encode_journal, journal_field
+    from sparc_agent.agent.journal import encode_journal, journal_field
 
     assert journal_field("service") == "SPARC_SERVICE"
     data = encode_journal(
@@ -341,7 +341,7 @@ def test_journal_native_encoding() -> None:
 
 
 def test_json_log_lines() -> None:
-    from sparc_agent.logging import setup
+    from sparc_agent.agent.journal import setup
 
     out = io.StringIO()
     log = setup("json", out)

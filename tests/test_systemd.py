@@ -1,4 +1,4 @@
-"""sparc_agent.systemd against real, private `systemd --user` managers (see shared/test-host.md).
+"""sparc_agent.host.systemd against real, private `systemd --user` managers (see shared/test-host.md).
 
 Each e2e test gets its own manager (the `user_manager` fixture of tests/testhost.py).
 """
@@ -25,7 +25,7 @@ from sparc_agent.errors import (
     SystemdError,
     UnitNotFound,
 )
-from sparc_agent.systemd import UnitState, UserManager, _JobTracker, systemd_major
+from sparc_agent.host.systemd import UnitState, UserManager, _JobTracker, systemd_major
 
 T = TypeVar("T")
 

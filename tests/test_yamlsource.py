@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 import yaml
 
-from sparc_agent.yamlsource import MAX_ALIAS_VALUES, YamlError, load_yaml
+from sparc_agent.profile.source import MAX_ALIAS_VALUES, YamlError, load_yaml
 
 pytestmark = pytest.mark.unit
 
@@ -38,8 +38,9 @@ def test_merge_list_earlier_source_wins_as_the_spec_says() -> None:
 
 
 def test_explicit_keys_win_over_every_merge_source() -> None:
-    text = "d: &d {x: 1, y: 1}\ne: {y: 2, z: 2}\nm:\n  <<: [*d, {x: 3, w: 3}]\n  x: 9\n"
-    value, _ = load_yaml(text, "p.yaml")
+    value, _ = load_yaml(
+        "d: &d {x: 1, y: 1}\ne: {y: 2, z: 2}\nm:\n  <<: [*d, {x: 3, w: 3}]\n  x: 9\n", "p.yaml"
+    )
     assert value["m"] == {"x": 9, "y": 1, "w": 3}
 
 

@@ -247,7 +247,7 @@ def _project_dependencies() -> list[str]:
 
 def _source_files() -> list[Path]:
     files = [REPO / "pyproject.toml", REPO / "README.md"]
-    for top in ("sparc_agent", "quadlets", "units"):
+    for top in ("sparc_agent",):
         files += sorted(p for p in (REPO / top).rglob("*") if p.is_file() and "__pycache__" not in p.parts)
     return files
 
@@ -385,7 +385,7 @@ class TrixieManager(UserManager):
         return ["chroot", str(self.rootfs), *argv]
 
     def sparc_command(self, *args: str) -> list[str]:
-        return self.command([VENV_PYTHON, "-m", "sparc_agent.cli", *args])
+        return self.command([VENV_PYTHON, "-m", "sparc_agent.cli.main", *args])
 
     def systemctl(
         self, *args: str, check: bool = True, timeout: float = 120

@@ -6,7 +6,7 @@ output as a comment, never dropped silently (docs/export.md lists it all).
 
 from __future__ import annotations
 
-from ..model import PortSpec, Profile
+from sparc_agent.profile.model import PortSpec, Profile
 
 
 def published(profile: Profile, host_port: int, protocol: str) -> tuple[PortSpec, int] | None:

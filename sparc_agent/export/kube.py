@@ -13,8 +13,9 @@ from typing import Any, Literal
 
 import yaml
 
-from ..checks import start_order
-from ..model import (
+from sparc_agent.export import container_port, host_ip, is_loopback, port_pairs
+from sparc_agent.export.shell import sh_path, sh_quote
+from sparc_agent.profile.model import (
     ExecProbe,
     GrpcProbe,
     Health,
@@ -25,8 +26,7 @@ from ..model import (
     StunProbe,
     WebSocketProbe,
 )
-from . import container_port, host_ip, is_loopback, port_pairs
-from .shell import sh_path, sh_quote
+from sparc_agent.profile.rules import start_order
 
 SECRET_KEY = "value"
 PVC_SIZE = "10Gi"  # the profile has no size for a volume

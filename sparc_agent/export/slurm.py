@@ -12,9 +12,11 @@ import re
 from dataclasses import dataclass
 from typing import Literal
 
-from ..checks import start_order
-from ..errors import InvalidInput
-from ..model import (
+from sparc_agent.errors import InvalidInput
+from sparc_agent.export import container_port, host_ip, partitions
+from sparc_agent.export.bashlib import LIBRARY
+from sparc_agent.export.shell import sh_path, sh_quote, sh_words
+from sparc_agent.profile.model import (
     ExecProbe,
     GrpcProbe,
     HttpProbe,
@@ -25,9 +27,7 @@ from ..model import (
     WebSocketProbe,
     parse_memory,
 )
-from . import container_port, host_ip, partitions
-from .bashlib import LIBRARY
-from .shell import sh_path, sh_quote, sh_words
+from sparc_agent.profile.rules import start_order
 
 Runtime = Literal["apptainer", "podman"]
 _SLURM_WORD = re.compile(r"[A-Za-z0-9_.@+-]+")

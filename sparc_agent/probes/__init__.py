@@ -9,10 +9,10 @@ from __future__ import annotations
 
 import time
 
-from . import exec as exec_probe
-from . import http, stun, tcp, websocket
-from .base import ProbeOutcome, ProbeResult
-from .spec import ExecSpec, GrpcSpec, HttpSpec, ProbeSpec, StunSpec, TcpSpec, WebSocketSpec
+from sparc_agent.probes import exec as exec_probe
+from sparc_agent.probes import http, stun, tcp, websocket
+from sparc_agent.probes.base import ProbeOutcome, ProbeResult
+from sparc_agent.probes.spec import ExecSpec, GrpcSpec, HttpSpec, ProbeSpec, StunSpec, TcpSpec, WebSocketSpec
 
 
 def spec_problem(spec: object) -> str | None:
@@ -38,7 +38,7 @@ async def _dispatch(spec: ProbeSpec, host: str, container: str | None) -> ProbeR
     if isinstance(spec, WebSocketSpec):
         return await websocket.probe(spec, host)
     if isinstance(spec, GrpcSpec):
-        from . import grpc  # h2 only when a gRPC probe exists (memory budget of the agent)
+        from sparc_agent.probes import grpc  # h2 only when a gRPC probe exists (memory budget of the agent)
 
         return await grpc.probe(spec, host)
     if isinstance(spec, StunSpec):

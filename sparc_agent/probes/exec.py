@@ -15,8 +15,8 @@ import os
 import shutil
 import signal
 
-from .base import ProbeError, ProbeOutcome, ProbeResult, TargetFailed, measured
-from .spec import ExecSpec
+from sparc_agent.probes.base import ProbeError, ProbeOutcome, ProbeResult, TargetFailed, measured
+from sparc_agent.probes.spec import ExecSpec
 
 KEEP = 4096  # bytes of output tail kept for the detail
 DETAIL = 160  # characters of its last line shown

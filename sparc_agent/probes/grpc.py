@@ -12,8 +12,8 @@ import contextlib
 import urllib.parse
 from typing import TYPE_CHECKING
 
-from .base import ProbeResult, TargetFailed, authority, close, measured, open_tcp
-from .spec import GrpcSpec
+from sparc_agent.probes.base import ProbeResult, TargetFailed, authority, close, measured, open_tcp
+from sparc_agent.probes.spec import GrpcSpec
 
 if TYPE_CHECKING:
     import asyncio

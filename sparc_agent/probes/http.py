@@ -9,8 +9,17 @@ from __future__ import annotations
 import asyncio
 import re
 
-from .base import ProbeResult, TargetFailed, authority, check_path, close, measured, open_tcp, read_until
-from .spec import HttpSpec
+from sparc_agent.probes.base import (
+    ProbeResult,
+    TargetFailed,
+    authority,
+    check_path,
+    close,
+    measured,
+    open_tcp,
+    read_until,
+)
+from sparc_agent.probes.spec import HttpSpec
 
 # HTTP/1.0 and 1.1; the reason phrase is optional (RFC 9112 allows it empty, some servers drop the space)
 STATUS_LINE = re.compile(rb"HTTP/1\.\d[ ]+(\d{3})(?:[ \t][^\r\n]*)?\r?\n\Z")

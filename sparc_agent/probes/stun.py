@@ -12,8 +12,8 @@ import ipaddress
 import os
 import struct
 
-from .base import ProbeResult, TargetFailed, measured
-from .spec import StunSpec
+from sparc_agent.probes.base import ProbeResult, TargetFailed, measured
+from sparc_agent.probes.spec import StunSpec
 
 MAGIC = 0x2112A442
 MAGIC_BYTES = MAGIC.to_bytes(4, "big")

@@ -2,8 +2,8 @@
 
 from __future__ import annotations
 
-from .base import ProbeResult, close, measured, open_tcp
-from .spec import TcpSpec
+from sparc_agent.probes.base import ProbeResult, close, measured, open_tcp
+from sparc_agent.probes.spec import TcpSpec
 
 
 async def probe(spec: TcpSpec, host: str) -> ProbeResult:

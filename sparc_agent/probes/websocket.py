@@ -11,9 +11,18 @@ import base64
 import hashlib
 import os
 
-from .base import ProbeResult, TargetFailed, authority, check_path, close, measured, open_tcp, read_until
-from .http import MAX_HEAD, parse_status_line
-from .spec import WebSocketSpec
+from sparc_agent.probes.base import (
+    ProbeResult,
+    TargetFailed,
+    authority,
+    check_path,
+    close,
+    measured,
+    open_tcp,
+    read_until,
+)
+from sparc_agent.probes.http import MAX_HEAD, parse_status_line
+from sparc_agent.probes.spec import WebSocketSpec
 
 GUID = b"258EAFA5-E914-47DA-95CA-C5AB0DC85B11"
 CLOSE_NORMAL = 1000

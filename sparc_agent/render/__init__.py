@@ -14,11 +14,11 @@ from typing import Any
 
 import jinja2
 
-from ..checks import start_order
-from ..errors import InvalidInput
-from ..model import Mount, Profile, Service
-from .escape import unit_value, unit_word, unit_words
-from .versions import (
+from sparc_agent.errors import InvalidInput
+from sparc_agent.profile.model import Mount, Profile, Service
+from sparc_agent.profile.rules import start_order
+from sparc_agent.render.escape import unit_value, unit_word, unit_words
+from sparc_agent.render.versions import (
     PODMAN_DELETES_ID_FILES,
     PODMAN_VOLUME_CREATE_IGNORE,
     SYSTEMD_RESTART_STEPS,
@@ -71,9 +71,10 @@ def unit_of(rel: str) -> str:
 
 @cache
 def _environment() -> jinja2.Environment:
+    # templates are package data of this package (top-level quadlets/ and units/ link here), so a
+    # checkout and an installed wheel find them the same way
     def load(name: str) -> str:
-        package, _, filename = name.partition("/")
-        return resources.files(f"sparc_agent.{package}").joinpath(filename).read_text(encoding="utf-8")
+        return resources.files(__package__).joinpath("templates", name).read_text(encoding="utf-8")
 
     env = jinja2.Environment(
         loader=jinja2.FunctionLoader(load),

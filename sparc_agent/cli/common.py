@@ -9,10 +9,10 @@ from typing import TYPE_CHECKING, Any, TypeVar
 
 import click
 
-from .errors import SparcError
+from sparc_agent.errors import SparcError
 
 if TYPE_CHECKING:  # the model pulls in pydantic (~0.3 s): only commands that need it import it
-    from .profile import LoadedProfile
+    from sparc_agent.profile.load import LoadedProfile
 
 F = TypeVar("F", bound=Callable[..., Any])
 
@@ -52,7 +52,7 @@ def profile_options(func: F) -> F:
 
 def load_profile_or_exit(profile: str, overlays: Sequence[str], sets: Sequence[str]) -> LoadedProfile:
     """Load and validate (a ProfileInvalid ends the command with exit 2); print warnings on stderr."""
-    from .profile import load_profile
+    from sparc_agent.profile.load import load_profile
 
     loaded = load_profile(profile, overlays, sets)
     for warning in loaded.warnings:
@@ -61,6 +61,6 @@ def load_profile_or_exit(profile: str, overlays: Sequence[str], sets: Sequence[s
 
 
 def _key_path(path: tuple[str | int, ...]) -> str:
-    from .profile import format_path
+    from sparc_agent.profile.load import format_path
 
     return format_path(path)

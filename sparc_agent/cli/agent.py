@@ -11,12 +11,10 @@ from typing import Any, TypeVar
 
 import click
 
-from .cliutil import reports_errors
-from .errors import EnvironmentProblem, InvalidInput
+from sparc_agent.cli.common import reports_errors
+from sparc_agent.errors import EnvironmentProblem, InvalidInput
 
 F = TypeVar("F", bound=Callable[..., Any])
-
-
 
 
 @click.command()
@@ -41,8 +39,8 @@ def run(profiles: tuple[str, ...], config_dir: str | None, no_apply: bool, log_f
     exponential backoff; gives up (FATAL) after the policy's max_restarts within its window.
     SIGTERM stops the agent only, never the stacks; SIGHUP re-applies and re-reads.
     """
-    from .agent import AgentOptions
-    from .agent import run as run_agent
+    from sparc_agent.agent.runner import AgentOptions
+    from sparc_agent.agent.runner import run as run_agent
 
     options = AgentOptions(
         profiles=profiles,
@@ -78,7 +76,7 @@ def logs(
     name: str, service: str | None, follow: bool, lines: str | None, output: str | None, since: str | None
 ) -> None:
     """Journal of stack NAME: the agent's events about it and its containers' output (or SERVICE's only)."""
-    from .stack import current_generation
+    from sparc_agent.apply.stack import current_generation
 
     _, _, profile = current_generation(name)
     if service is not None and service not in profile.services:
@@ -112,9 +110,9 @@ def restart(name: str, service: str) -> None:
     """
     import asyncio
 
-    from .render import Names
-    from .stack import current_generation
-    from .systemd import UserManager
+    from sparc_agent.apply.stack import current_generation
+    from sparc_agent.host.systemd import UserManager
+    from sparc_agent.render import Names
 
     _, _, profile = current_generation(name)
     if service not in profile.services:

@@ -2,9 +2,17 @@
 
 from __future__ import annotations
 
-from .model import ExecProbe, GrpcProbe, Health, HttpProbe, StunProbe, TcpProbe, WebSocketProbe
-from .probes import ProbeResult, run_probe
-from .probes import spec as ps
+from sparc_agent.probes import ProbeResult, run_probe
+from sparc_agent.probes import spec as ps
+from sparc_agent.profile.model import (
+    ExecProbe,
+    GrpcProbe,
+    Health,
+    HttpProbe,
+    StunProbe,
+    TcpProbe,
+    WebSocketProbe,
+)
 
 # how often apply re-probes a starting service: fast, since someone is waiting at a prompt;
 # the supervisor uses the profile's interval instead

@@ -5,8 +5,8 @@ from __future__ import annotations
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
 
-from .model import Profile
-from .yamlsource import Path
+from sparc_agent.profile.model import Profile
+from sparc_agent.profile.source import Path
 
 
 @dataclass(frozen=True)

@@ -20,7 +20,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from .fsutil import fsync_dir, write_atomic
+from sparc_agent.state.files import fsync_dir, write_atomic
 
 KEEP = 10
 

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from .yamlsource import Location, Path, SourceMap, YamlError, load_yaml
+from sparc_agent.profile.source import Location, Path, SourceMap, YamlError, load_yaml
 
 
 def merge(base: Any, base_map: SourceMap, top: Any, top_map: SourceMap, under: Path = ()) -> Any:

@@ -14,9 +14,11 @@ import os
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 
-from .fsutil import fsync_dir, write_atomic
+from sparc_agent.state.files import fsync_dir, write_atomic
 
 TEMP_SUFFIX = ".sparc-new"
+
+
 def _crash_point(name: str) -> None:
     """Tests set SPARC_AGENT_CRASH_AT to kill -9 the process here (tests/test_apply_e2e.py)."""
     if os.environ.get("SPARC_AGENT_CRASH_AT") == name:

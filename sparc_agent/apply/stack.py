@@ -9,15 +9,16 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
-from . import commit, podman
-from .errors import InvalidInput, SparcError
-from .generations import Generation, Store
-from .health import probe_once
-from .model import Profile
-from .paths import Paths
-from .profile import load_profile
-from .render import Names, unit_of
-from .systemd import UserManager
+from sparc_agent.errors import InvalidInput, SparcError
+from sparc_agent.host import podman
+from sparc_agent.host.systemd import UserManager
+from sparc_agent.probes.health import probe_once
+from sparc_agent.profile.load import load_profile
+from sparc_agent.profile.model import Profile
+from sparc_agent.render import Names, unit_of
+from sparc_agent.state import commit
+from sparc_agent.state.generations import Generation, Store
+from sparc_agent.state.paths import Paths
 
 
 def current_generation(stack: str, paths: Paths | None = None) -> tuple[Store, Generation, Profile]:

@@ -19,11 +19,11 @@ from typing import Any
 import pydantic
 from pydantic import BaseModel
 
-from . import checks
-from .errors import InvalidInput
-from .model import Profile
-from .overrides import merge, parse_set
-from .yamlsource import Location, Path, SourceMap, YamlError, load_yaml
+from sparc_agent.errors import InvalidInput
+from sparc_agent.profile import rules as checks
+from sparc_agent.profile.layers import merge, parse_set
+from sparc_agent.profile.model import Profile
+from sparc_agent.profile.source import Location, Path, SourceMap, YamlError, load_yaml
 
 MAX_PROFILE_BYTES = 1 << 20
 

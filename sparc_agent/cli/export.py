@@ -7,14 +7,14 @@ from pathlib import Path
 
 import click
 
-from .cliutil import load_profile_or_exit, profile_options, reports_errors
+from sparc_agent.cli.common import load_profile_or_exit, profile_options, reports_errors
 
 
 def _write(text: str, out: str | None, what: str) -> None:
     if out is None or out == "-":
         click.echo(text, nl=False)
         return
-    from .fsutil import write_atomic
+    from sparc_agent.state.files import write_atomic
 
     write_atomic(Path(out), text.encode())
     click.echo(f"wrote {what} to {out}", err=True)
@@ -54,8 +54,8 @@ def kube(
     service_type: str,
 ) -> None:
     """Kubernetes YAML for PROFILE: Pod or Deployment, PVCs, Services; secrets by reference only."""
-    from .errors import InvalidInput
-    from .export.kube import KubeOptions, export_kube
+    from sparc_agent.errors import InvalidInput
+    from sparc_agent.export.kube import KubeOptions, export_kube
 
     if replicas != 1 and not deployment:
         raise InvalidInput("--replicas needs --deployment (a bare Pod has one replica)")
@@ -108,8 +108,8 @@ def slurm(
     out: str | None,
 ) -> None:
     """A SLURM batch script that runs PROFILE's services on one node (apptainer or podman)."""
-    from .export import partitions
-    from .export.slurm import SlurmOptions, export_slurm
+    from sparc_agent.export import partitions
+    from sparc_agent.export.slurm import SlurmOptions, export_slurm
 
     loaded = load_profile_or_exit(profile, overlays, sets)
     options = SlurmOptions(

@@ -7,9 +7,9 @@ from pathlib import Path
 
 import click
 
-from . import __version__
-from .cliutil import load_profile_or_exit, profile_options, reports_errors
-from .errors import InvalidInput, SparcError
+from sparc_agent import __version__
+from sparc_agent.cli.common import load_profile_or_exit, profile_options, reports_errors
+from sparc_agent.errors import InvalidInput, SparcError
 
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"]})
@@ -42,9 +42,9 @@ def render(
     profile: str, overlays: tuple[str, ...], sets: tuple[str, ...], out: str, podman_version: str | None
 ) -> None:
     """Write the quadlet files and user units for PROFILE (paths relative to $XDG_CONFIG_HOME)."""
-    from .fsutil import write_atomic
-    from .render import Target, render_agent_unit
-    from .render import render as render_files
+    from sparc_agent.render import Target, render_agent_unit
+    from sparc_agent.render import render as render_files
+    from sparc_agent.state.files import write_atomic
 
     loaded = load_profile_or_exit(profile, overlays, sets)
     if podman_version:
@@ -53,7 +53,7 @@ def render(
         except ValueError as exc:
             raise InvalidInput(f"--podman-version: {exc}") from None
     else:
-        from .hostinfo import detect
+        from sparc_agent.host.detect import detect
 
         target = detect().target()
     files = render_files(loaded.profile, target)
@@ -81,7 +81,7 @@ def apply(
     Exit 0 applied and healthy; 1 applied but a service failed (rolled back); 2 invalid input;
     3 environment problem (no user manager, podman missing, image unavailable, another apply running).
     """
-    from .noop import input_key, try_noop
+    from sparc_agent.apply.noop import input_key, try_noop
 
     if not dry_run:
         same = try_noop(profile, overlays, sets)
@@ -92,8 +92,8 @@ def apply(
                 " (0 started, 0 restarted, all unchanged; 0 files written, 0 removed)"
             )
             return
-    from .apply import ApplyFailed, ApplyOptions
-    from .apply import apply as run_apply
+    from sparc_agent.apply.converge import ApplyFailed, ApplyOptions
+    from sparc_agent.apply.converge import apply as run_apply
 
     loaded = load_profile_or_exit(profile, overlays, sets)
     options = ApplyOptions(
@@ -129,8 +129,8 @@ def apply(
 @reports_errors
 def diff(profile: str, overlays: tuple[str, ...], sets: tuple[str, ...]) -> None:
     """Show the file changes `apply` would make (a unified diff), changing nothing."""
-    from .apply import ApplyOptions
-    from .apply import apply as run_apply
+    from sparc_agent.apply.converge import ApplyOptions
+    from sparc_agent.apply.converge import apply as run_apply
 
     loaded = load_profile_or_exit(profile, overlays, sets)
     report = run_apply(loaded, ApplyOptions(dry_run=True))
@@ -145,8 +145,8 @@ def status(name: str, as_json: bool) -> None:
     """Per service of stack NAME: unit state, health probe now, restarts, since when."""
     import json
 
-    from .stack import format_status
-    from .stack import status as stack_status
+    from sparc_agent.apply.stack import format_status
+    from sparc_agent.apply.stack import status as stack_status
 
     report = stack_status(name)
     click.echo(json.dumps(report, indent=2) if as_json else format_status(report))
@@ -158,19 +158,19 @@ def status(name: str, as_json: bool) -> None:
 @reports_errors
 def down(name: str, purge: bool) -> None:
     """Stop stack NAME (its files stay, so `systemctl --user start NAME.target` brings it back)."""
-    from .stack import down as stack_down
+    from sparc_agent.apply.stack import down as stack_down
 
     stopped = stack_down(name, purge)
     click.echo(f"{name}: stopped {len(stopped)} units" + (", removed its files and secrets" if purge else ""))
 
 
-from .cli_agent import logs, restart, run  # noqa: E402 - the agent's commands live in their own module
+from sparc_agent.cli.agent import logs, restart, run  # noqa: E402 - the agent's commands live in their own module
 
 main.add_command(run)
 main.add_command(logs)
 main.add_command(restart)
 
-from .cli_export import export  # noqa: E402 - the exporters' group, in its own module too
+from sparc_agent.cli.export import export  # noqa: E402 - the exporters' group, in its own module too
 
 main.add_command(export)
 
@@ -186,7 +186,7 @@ main.add_command(export)
 @reports_errors
 def render_agent_unit_cmd(exec_start: str) -> None:
     """Print the agent's own user unit, sparc-agent.service (install.sh writes it to the user unit dir)."""
-    from .render import render_agent_unit
+    from sparc_agent.render import render_agent_unit
 
     click.echo(render_agent_unit(exec_start=(exec_start, "run")), nl=False)
 
@@ -201,7 +201,7 @@ def doctor(profile: str | None, as_json: bool) -> None:
     """
     import json
 
-    from . import doctor as checks
+    from sparc_agent import doctor as checks
 
     loaded = None
     problem = None

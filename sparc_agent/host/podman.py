@@ -13,7 +13,7 @@ from collections.abc import Iterable
 from pathlib import Path
 from typing import TextIO
 
-from .errors import EnvironmentProblem, InvalidInput
+from sparc_agent.errors import EnvironmentProblem, InvalidInput
 
 
 class ImageUnavailable(EnvironmentProblem):

@@ -36,11 +36,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Final
 
-from .errors import ManagerDisconnected, NoUserManager, SparcError
-from .fsutil import write_atomic
-from .notify import Notifier
-from .paths import Paths
-from .supervisor import (
+from sparc_agent.agent.notify import Notifier
+from sparc_agent.agent.supervisor import (
     Act,
     Action,
     ProbeView,
@@ -50,7 +47,10 @@ from .supervisor import (
     State,
     UnitView,
 )
-from .systemd import UnitState, UserManager, systemd_major
+from sparc_agent.errors import ManagerDisconnected, NoUserManager, SparcError
+from sparc_agent.host.systemd import UnitState, UserManager, systemd_major
+from sparc_agent.state.files import write_atomic
+from sparc_agent.state.paths import Paths
 
 STATE_FILE: Final = "agent-state.json"
 START_EXTEND_S: Final = 30.0  # while applying at start, ask for 3x this more start-up time, this often
@@ -223,8 +223,8 @@ class StackRunner:
                     self.pokes[name].set()
 
     async def _service_loop(self, mgr: UserManager, name: str) -> None:
-        from .noop import spec_from_plan
-        from .probes import run_probe
+        from sparc_agent.apply.noop import spec_from_plan
+        from sparc_agent.probes import run_probe
 
         m = self.machines[name]
         poke = self.pokes[name]
@@ -366,7 +366,7 @@ class _Restart(Exception):
 
 class Agent:
     def __init__(self, options: AgentOptions, paths: Paths | None = None) -> None:
-        from .logging import setup
+        from sparc_agent.agent.journal import setup
 
         self.options = options
         self.paths = paths or Paths.from_env()
@@ -421,7 +421,7 @@ class Agent:
             proc = await asyncio.create_subprocess_exec(
                 sys.executable,
                 "-m",
-                "sparc_agent.cli",
+                "sparc_agent.cli.main",
                 "apply",
                 str(path),
                 stdout=asyncio.subprocess.PIPE,

@@ -21,19 +21,20 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import TextIO
 
-from . import commit, podman
-from .checks import start_order
-from .errors import EnvironmentProblem, SparcError
-from .generations import Generation, Store
-from .health import APPLY_POLL_S, probe_once, start_budget
-from .hostinfo import detect
-from .model import Profile
-from .paths import Paths
-from .probes import ProbeOutcome
-from .profile import LoadedProfile, load_profile
-from .render import QUADLET_DIR, UNIT_DIR, Names, Target, owner, render, unit_of
-from .supervisor import plan_from_profile
-from .systemd import UserManager
+from sparc_agent.agent.supervisor import plan_from_profile
+from sparc_agent.errors import EnvironmentProblem, SparcError
+from sparc_agent.host import podman
+from sparc_agent.host.detect import detect
+from sparc_agent.host.systemd import UserManager
+from sparc_agent.probes import ProbeOutcome
+from sparc_agent.probes.health import APPLY_POLL_S, probe_once, start_budget
+from sparc_agent.profile.load import LoadedProfile, load_profile
+from sparc_agent.profile.model import Profile
+from sparc_agent.profile.rules import start_order
+from sparc_agent.render import QUADLET_DIR, UNIT_DIR, Names, Target, owner, render, unit_of
+from sparc_agent.state import commit
+from sparc_agent.state.generations import Generation, Store
+from sparc_agent.state.paths import Paths
 
 
 class Busy(EnvironmentProblem):

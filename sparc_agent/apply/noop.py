@@ -20,10 +20,10 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from . import __version__
-from .paths import Paths
-from .probes import ProbeOutcome, run_probe
-from .probes import spec as ps
+from sparc_agent import __version__
+from sparc_agent.probes import ProbeOutcome, run_probe
+from sparc_agent.probes import spec as ps
+from sparc_agent.state.paths import Paths
 
 KEY_BINARIES = ("podman", "/usr/libexec/podman/quadlet", "/usr/lib/podman/quadlet", "systemctl")
 
@@ -100,7 +100,7 @@ def _files_match(current: Path, meta: dict[str, Any]) -> bool:
 
 
 def _secrets_match(stack_dir: Path, meta: dict[str, Any]) -> bool:
-    from .podman import fingerprint
+    from sparc_agent.host.podman import fingerprint
 
     sources: dict[str, dict[str, str]] = meta["plan"].get("secret_sources", {})
     if not sources:
@@ -123,8 +123,8 @@ def _secrets_match(stack_dir: Path, meta: dict[str, Any]) -> bool:
 
 
 async def _running_and_healthy(stack: str, meta: dict[str, Any]) -> NoopReport | None:
-    from .errors import SparcError
-    from .systemd import UserManager
+    from sparc_agent.errors import SparcError
+    from sparc_agent.host.systemd import UserManager
 
     services: list[dict[str, Any]] = meta["plan"]["services"]
     try:

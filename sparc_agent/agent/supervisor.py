@@ -35,7 +35,7 @@ from dataclasses import asdict, dataclass, field
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:  # the model (pydantic) stays out of the agent process: plans come as JSON
-    from .model import Profile
+    from sparc_agent.profile.model import Profile
 
 # a starting or failing service is probed this often (at most every `interval`)
 FAST_INTERVAL_S = 0.5
@@ -104,8 +104,8 @@ class StackPlan:
 
 def plan_from_profile(profile: Profile, generation: int) -> StackPlan:
     """The supervision plan of a validated profile; apply records it in each generation's meta.json."""
-    from .checks import start_order
-    from .render import Names
+    from sparc_agent.profile.rules import start_order
+    from sparc_agent.render import Names
 
     names = Names(profile.name)
     services = []

@@ -1,0 +1,7 @@
+"""The profile: YAML source with a line for every key, the typed model, overlays and `--set`, and
+the rules that relate one part of a profile to another.
+
+Owns: everything a profile means. Pure: never touches the bus, a subprocess or the state directory;
+imports nothing of sparc_agent but `errors`. Deliberately empty here, so that importing
+`profile.source` (the no-op fast path does) does not import pydantic.
+"""
