@@ -7,6 +7,7 @@ import os
 import re
 import shutil
 import subprocess
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -16,7 +17,8 @@ from hypothesis import HealthCheck, given, reject, settings
 from hypothesis import strategies as st
 
 from sparc_agent.profile.load import ProfileInvalid, load_profile
-from sparc_agent.render import Target, render
+from sparc_agent.profile.model import Mount, Profile
+from sparc_agent.render import Names, Target, render
 
 QUADLET = "/usr/libexec/podman/quadlet"
 ROOT = Path(__file__).resolve().parent.parent
@@ -67,8 +69,11 @@ def verify(units: dict[str, str], work: Path) -> None:
 
 def exec_start_words(unit_text: str) -> list[str]:
     """ExecStart= split and unescaped the way systemd does it (quotes, C escapes, %%, $$)."""
-    line = next(line for line in unit_text.splitlines() if line.startswith("ExecStart="))
-    return [_expand(w) for w in _split(line.removeprefix("ExecStart="))]
+    return exec_start_words_of(next(line for line in unit_text.splitlines() if line.startswith("ExecStart=")))
+
+
+def exec_start_words_of(line: str) -> list[str]:
+    return [_expand(w) for w in _split(line.split("=", 1)[1])]
 
 
 def _expand(word: str) -> str:
@@ -143,6 +148,8 @@ _word = st.text(st.sampled_from(list("$%{}\"'\\ ;=:hnN~ab")), min_size=1, max_si
 )
 _slug = st.from_regex(r"[a-z][a-z0-9]{0,6}", fullmatch=True)
 _env_name = st.from_regex(r"[A-Z_][A-Z0-9_]{0,8}", fullmatch=True)
+# host paths: no blanks, quotes or backslashes (refused), but every character systemd expands
+_path_part = st.text(st.sampled_from(list("%${}hnN;=~._-ab")), min_size=1, max_size=10)
 
 
 @st.composite
@@ -150,6 +157,7 @@ def profiles(draw: Any) -> dict[str, Any]:
     names = draw(st.lists(_slug, min_size=1, max_size=4, unique=True))
     ports = draw(st.lists(st.integers(1024, 60000), min_size=1, max_size=3, unique=True))
     volumes = draw(st.lists(_slug, max_size=2, unique=True))
+    secrets = draw(st.lists(_slug, max_size=2, unique=True))
     services: dict[str, Any] = {}
     for i, name in enumerate(names):
         svc: dict[str, Any] = {
@@ -159,8 +167,15 @@ def profiles(draw: Any) -> dict[str, Any]:
             svc["command"] = draw(st.lists(_word, min_size=1, max_size=4))
         if draw(st.booleans()):
             svc["env"] = draw(st.dictionaries(_env_name, _word | st.integers(), min_size=1, max_size=4))
-        if volumes and draw(st.booleans()):
-            svc["volumes"] = [f"{draw(st.sampled_from(volumes))}:/data", "~/x%y$z:/home/x:ro", "/srv/a:/b:Z"]
+        if draw(st.booleans()):
+            svc["volumes"] = [
+                *([f"{draw(st.sampled_from(volumes))}:/data"] if volumes else []),
+                f"~/{draw(_path_part)}:/home/x:ro",
+                "~:/home/all",
+                f"/srv/{draw(_path_part)}:/b:Z",
+            ]
+        if secrets and draw(st.booleans()):
+            svc["secrets"] = {draw(_env_name): draw(st.sampled_from(secrets))}
         if draw(st.booleans()):
             svc["gpus"] = draw(st.sampled_from(["all", 1, 2, ["0", "GPU-abc"]]))
         if draw(st.booleans()):
@@ -185,6 +200,7 @@ def profiles(draw: Any) -> dict[str, Any]:
         "name": draw(_slug),
         "pod": {"ports": [f"{p}:{p}" for p in ports]},
         "volumes": {v: {} for v in volumes},
+        "secrets": {s: {"env": "HOME"} for s in secrets},
         "services": services,
     }
 
@@ -202,13 +218,79 @@ def test_accepted_profiles_generate_and_values_arrive_literally(
         reject()  # the property is about what the model accepts
     units, _ = generate(render(profile, Target.for_podman(podman)), tmp_path / "w")
     verify(units, tmp_path / "w")
+    assert_every_field_arrives(profile, units)
+
+
+def flag_values(words: list[str], flag: str) -> list[str]:
+    """The values of `flag` on a command line, written `--flag V` or `--flag=V`."""
+    out = []
+    for i, word in enumerate(words):
+        if word == flag and i + 1 < len(words):
+            out.append(words[i + 1])
+        elif word.startswith(flag + "="):
+            out.append(word.removeprefix(flag + "="))
+    return out
+
+
+def unit_lines(unit_text: str, key: str) -> list[str]:
+    return [line.split("=", 1)[1] for line in unit_text.splitlines() if line.startswith(key + "=")]
+
+
+def expected_mount(profile: Profile, mount: Mount) -> str:
+    """What podman must receive for `mount`: `%h` expanded by systemd (shown as <EXPANDED>), the rest
+    literal; a named volume by its podman name."""
+    if mount.is_named_volume:
+        source = Names(profile.name).volume(mount.source)
+    elif mount.source.startswith("~"):
+        source = "<EXPANDED>" + mount.source[1:]
+    else:
+        source = mount.source
+    return str(Mount(source, mount.target, mount.options))
+
+
+def assert_every_field_arrives(profile: Profile, units: dict[str, str]) -> None:
+    """Every field of every service reaches podman's (or systemd's) command line as the profile says."""
+    names = Names(profile.name)
+    pod_words = [
+        w
+        for line in units[names.pod_unit].splitlines()
+        if line.startswith(("ExecStart=", "ExecStartPre="))
+        for w in exec_start_words_of(line)
+    ]
+    published = flag_values(pod_words, "--publish") + flag_values(pod_words, "-p")
+    for port in profile.pod.ports:
+        ip = port.host_ip or profile.pod.bind
+        assert f"{f'[{ip}]' if ':' in ip else ip}:{replace(port, host_ip=None)}" in published, published
     for name, svc in profile.services.items():
-        words = exec_start_words(units[f"{profile.name}-{name}.service"])
+        unit = units[names.service_unit(name)]
+        words = exec_start_words(unit)
+        assert flag_values(words, "--name") == [names.container(name)]
         for key, value in svc.env.items():
-            assert f"{key}={value}" in words, (key, value, words)
+            assert f"{key}={value}" in flag_values(words, "--env"), (key, value, words)
         if svc.command:
             assert words[-len(svc.command) :] == list(svc.command)
         assert svc.image in words
+        assert flag_values(words, "-v") == [expected_mount(profile, m) for m in svc.volumes], words
+        assert sorted(flag_values(words, "--secret")) == sorted(
+            f"{names.secret(s)},type=env,target={env}" for env, s in svc.secrets.items()
+        )
+        devices = flag_values(words, "--device")
+        if svc.gpus is None:
+            assert devices == []
+        else:
+            assert devices and all(d.startswith("nvidia.com/gpu=") for d in devices), devices
+        if svc.resources:
+            assert flag_values(words, "--cpus") == [f"{svc.resources.cpus:g}"]
+            assert flag_values(words, "--memory") == [str(svc.resources.memory)]
+            assert flag_values(words, "--pids-limit") == [str(svc.resources.pids)]
+        assert sorted(flag_values(words, "--label")) == [
+            f"io.sparc-agent.service={name}",
+            f"io.sparc-agent.stack={profile.name}",
+        ]
+        for dep in svc.depends_on:
+            assert names.service_unit(dep) in unit_lines(unit, "Wants")
+            assert names.service_unit(dep) in unit_lines(unit, "After")
+        assert unit_lines(unit, "Restart") == [svc.restart.policy]
 
 
 NASTY = [

@@ -17,7 +17,7 @@ import jinja2
 from sparc_agent.errors import InvalidInput
 from sparc_agent.profile.model import Mount, Profile, Service
 from sparc_agent.profile.rules import start_order
-from sparc_agent.render.escape import unit_value, unit_word, unit_words
+from sparc_agent.render.escape import unit_path, unit_value, unit_word, unit_words
 from sparc_agent.render.versions import (
     PODMAN_DELETES_ID_FILES,
     PODMAN_VOLUME_CREATE_IGNORE,
@@ -84,7 +84,7 @@ def _environment() -> jinja2.Environment:
         lstrip_blocks=True,
         keep_trailing_newline=True,
     )
-    env.filters.update(value=unit_value, word=unit_word, words=unit_words)
+    env.filters.update(value=unit_value, path=unit_path, word=unit_word, words=unit_words)
     return env
 
 
@@ -300,10 +300,7 @@ def _container(
 def _volume(mount: Mount, names: Names, volume_files: bool) -> str:
     if mount.is_named_volume:
         source = f"{names.volume(mount.source)}.volume" if volume_files else names.volume(mount.source)
-    elif mount.source == "~" or mount.source.startswith("~/"):
-        # %h is the home of the user whose manager runs the unit: the profile means that user's ~
-        return "%h" + unit_value(mount.source[1:]) + unit_value(":" + ":".join(str(mount).split(":")[1:]))
-    else:
+    else:  # a leading ~ stays: the template's `path` filter makes it %h, escaped once
         source = mount.source
     return str(Mount(source, mount.target, mount.options))
 

@@ -30,6 +30,14 @@ def unit_value(value: str) -> str:
     return _literal(value)
 
 
+def unit_path(value: str) -> str:
+    """A whole-line value whose leading `~` means the home of the user whose manager runs the unit:
+    that becomes the `%h` specifier, the rest stays literal (`unit_value`)."""
+    if value == "~" or value.startswith(("~/", "~:")):
+        return "%h" + unit_value(value[1:])
+    return unit_value(value)
+
+
 def unit_word(value: str) -> str:
     """One word of a word list (Exec=, Environment=, PodmanArgs=), always double-quoted."""
     escaped = _literal(value).replace("\\", "\\\\").replace('"', '\\"')
