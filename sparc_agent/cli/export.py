@@ -1,4 +1,4 @@
-"""`sparc-agent export kube|slurm`: the same profile for Kubernetes or a SLURM batch job."""
+"""`sparc-agent export kube|slurm|nginx`: the profile for Kubernetes, a SLURM batch job, or NGINX in front."""
 
 from __future__ import annotations
 
@@ -22,7 +22,7 @@ def _write(text: str, out: str | None, what: str) -> None:
 
 @click.group()
 def export() -> None:
-    """Write PROFILE for another scheduler: Kubernetes YAML or a SLURM batch script."""
+    """Write PROFILE for another scheduler (Kubernetes, SLURM) or the NGINX proxy in front of it."""
 
 
 @export.command()
@@ -134,3 +134,43 @@ def slurm(
     if out not in (None, "-"):
         Path(out).chmod(0o755)
     sys.stdout.flush()
+
+
+@export.command()
+@profile_options
+@click.option("--api", default="mas", show_default=True, metavar="SERVICE[:PORT]", help="What /api/ reaches.")
+@click.option(
+    "--signal",
+    default="signaling",
+    show_default=True,
+    metavar="SERVICE[:PORT]",
+    help="What /signal/ reaches.",
+)
+@click.option("--server-name", default="_", show_default=True, help="NGINX server_name.")
+@click.option("--listen", default="80", show_default=True, help="NGINX listen, e.g. 443 ssl.")
+@click.option(
+    "--upstream",
+    default="127.0.0.1",
+    show_default=True,
+    metavar="HOST",
+    help="Where NGINX reaches the ports.",
+)
+@click.option("-o", "--output", "out", metavar="FILE", help="Write here instead of stdout.")
+@reports_errors
+def nginx(
+    profile: str,
+    overlays: tuple[str, ...],
+    sets: tuple[str, ...],
+    api: str,
+    signal: str,
+    server_name: str,
+    listen: str,
+    upstream: str,
+    out: str | None,
+) -> None:
+    """NGINX reverse proxy for PROFILE: /api/ -> the MAS, /signal/ -> signaling (WebSocket)."""
+    from sparc_agent.export.nginx import NginxOptions, export_nginx
+
+    loaded = load_profile_or_exit(profile, overlays, sets)
+    options = NginxOptions(api=api, signal=signal, server_name=server_name, listen=listen, upstream=upstream)
+    _write(export_nginx(loaded.profile, options, source=profile), out, "NGINX config")
