@@ -21,13 +21,13 @@ import pwd
 import re
 import shutil
 import socket
-import subprocess
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import asdict, dataclass, field
 from functools import cached_property, partial
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Literal
 
+from sparc_agent.host import process
 from sparc_agent.host.detect import QUADLET_PATHS
 from sparc_agent.render.versions import (
     PODMAN_DELETES_ID_FILES,
@@ -117,18 +117,6 @@ class Report:
 # ---------------------------------------------------------------- facts shared by several checks
 
 
-def _run(argv: Sequence[str], env: Mapping[str, str], timeout: float = 20) -> tuple[int, str, str]:
-    try:
-        done = subprocess.run(
-            list(argv), capture_output=True, text=True, timeout=timeout, check=False, env=dict(env)
-        )
-    except FileNotFoundError:
-        return 127, "", f"{argv[0]}: not found"
-    except (OSError, subprocess.TimeoutExpired) as exc:
-        return 126, "", str(exc)
-    return done.returncode, done.stdout, done.stderr
-
-
 def _first_line(text: str) -> str:
     lines = [ln.strip() for ln in text.strip().splitlines() if ln.strip()]
     return lines[-1] if lines else ""
@@ -153,7 +141,8 @@ class Host:
         return shutil.which(name, path=self.env.get("PATH", os.defpath))
 
     def run(self, argv: Sequence[str], timeout: float = 20) -> tuple[int, str, str]:
-        return _run(argv, self.env, timeout)
+        done = process.run(argv, env=self.env, timeout=timeout)
+        return done.returncode, done.stdout, done.stderr
 
     @property
     def rootless(self) -> bool:

@@ -48,6 +48,7 @@ from sparc_agent.agent.supervisor import (
     UnitView,
 )
 from sparc_agent.errors import ManagerDisconnected, NoUserManager, SparcError
+from sparc_agent.host.process import spawn
 from sparc_agent.host.systemd import UnitState, UserManager, systemd_major
 from sparc_agent.state.files import write_atomic
 from sparc_agent.state.paths import Paths
@@ -418,14 +419,8 @@ class Agent:
         """`sparc-agent apply` each profile, in a child process (keeps pydantic/jinja2 out of the agent)."""
         for path in self._profile_paths():
             t0 = mono()
-            proc = await asyncio.create_subprocess_exec(
-                sys.executable,
-                "-m",
-                "sparc_agent.cli.main",
-                "apply",
-                str(path),
-                stdout=asyncio.subprocess.PIPE,
-                stderr=asyncio.subprocess.STDOUT,
+            proc = await spawn(
+                [sys.executable, "-m", "sparc_agent.cli.main", "apply", str(path)], stderr="stdout"
             )
             # a first apply may pull a 20 GB image: keep systemd's start timeout from killing it
             heartbeat = asyncio.create_task(self._extend_start_while(f"applying {path.name}"))

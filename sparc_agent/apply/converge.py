@@ -13,7 +13,6 @@ import difflib
 import fcntl
 import os
 import secrets as pysecrets
-import subprocess
 import sys
 import time
 from collections.abc import Iterator
@@ -25,6 +24,7 @@ from sparc_agent.agent.supervisor import plan_from_profile
 from sparc_agent.errors import EnvironmentProblem, SparcError
 from sparc_agent.host import podman
 from sparc_agent.host.detect import detect
+from sparc_agent.host.journal import journal_tail
 from sparc_agent.host.systemd import UserManager
 from sparc_agent.probes import ProbeOutcome
 from sparc_agent.probes.health import APPLY_POLL_S, probe_once, start_budget
@@ -177,20 +177,6 @@ def services_to_restart(
 
 def _pod_files(profile: Profile, names: Names) -> set[str]:
     return {f"{QUADLET_DIR}/{profile.name}.pod", f"{UNIT_DIR}/{names.pod_unit}"}
-
-
-def journal_tail(unit: str, lines: int = 12) -> str:
-    try:
-        done = subprocess.run(
-            ["journalctl", "--user-unit", unit, "-n", str(lines), "--no-pager", "-o", "cat"],
-            capture_output=True,
-            text=True,
-            timeout=10,
-            check=False,
-        )
-    except (OSError, subprocess.TimeoutExpired):
-        return ""
-    return done.stdout.strip()
 
 
 async def converge(

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import os
 import shutil
 import sys
 from collections.abc import Callable
@@ -77,6 +76,7 @@ def logs(
 ) -> None:
     """Journal of stack NAME: the agent's events about it and its containers' output (or SERVICE's only)."""
     from sparc_agent.apply.stack import current_generation
+    from sparc_agent.host.process import replace_with
 
     _, _, profile = current_generation(name)
     if service is not None and service not in profile.services:
@@ -95,7 +95,7 @@ def logs(
         argv += ["--since", since]
     argv += journal_matches(name, service, list(profile.services))
     sys.stdout.flush()
-    os.execv(journalctl, argv)
+    replace_with(argv)
 
 
 @click.command()

@@ -5,11 +5,11 @@ from __future__ import annotations
 import os
 import re
 import shutil
-import subprocess
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 
+from sparc_agent.host.process import run
 from sparc_agent.render.versions import Target, Version
 
 QUADLET_PATHS = ("/usr/libexec/podman/quadlet", "/usr/lib/podman/quadlet")
@@ -40,11 +40,8 @@ def rootless_v1_cgroups(cgroup_root: Path = Path("/sys/fs/cgroup")) -> bool:
 
 
 def _output(argv: list[str]) -> str | None:
-    try:
-        done = subprocess.run(argv, capture_output=True, text=True, timeout=20, check=False)
-    except (OSError, subprocess.TimeoutExpired):
-        return None
-    return done.stdout if done.returncode == 0 else None
+    done = run(argv)
+    return done.stdout if done.ok else None
 
 
 def _version(text: str | None) -> Version | None:

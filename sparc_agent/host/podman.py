@@ -2,18 +2,17 @@
 
 from __future__ import annotations
 
-import asyncio
 import hashlib
 import hmac
 import os
 import shutil
-import subprocess
 import sys
 from collections.abc import Iterable
 from pathlib import Path
 from typing import TextIO
 
 from sparc_agent.errors import EnvironmentProblem, InvalidInput
+from sparc_agent.host.process import Done, run, spawn
 
 
 class ImageUnavailable(EnvironmentProblem):
@@ -27,9 +26,8 @@ def podman_path() -> str:
     return path
 
 
-def _run(*args: str, stdin: bytes | None = None, timeout: float = 120) -> subprocess.CompletedProcess[bytes]:
-    argv = [podman_path(), *args]
-    return subprocess.run(argv, input=stdin, capture_output=True, timeout=timeout, check=False)
+def _run(*args: str, stdin: bytes | None = None, timeout: float = 120) -> Done:
+    return run([podman_path(), *args], input=stdin, timeout=timeout)
 
 
 def image_present(image: str) -> bool:
@@ -52,9 +50,7 @@ async def pull_missing(images: Iterable[str], log: TextIO = sys.stderr) -> list[
     missing = missing_images(images)
     for image in missing:
         print(f"pulling {image} (not present locally)...", file=log, flush=True)
-        proc = await asyncio.create_subprocess_exec(
-            podman_path(), "pull", image, stdout=asyncio.subprocess.DEVNULL, stderr=asyncio.subprocess.PIPE
-        )
+        proc = await spawn([podman_path(), "pull", image], stdout="null")
         last = ""
         assert proc.stderr is not None
         async for raw in proc.stderr:
@@ -110,7 +106,7 @@ def put_secret(name: str, value: bytes, exists: bool) -> None:
         _run("secret", "rm", name)
     done = _run("secret", "create", name, "-", stdin=value)
     if done.returncode != 0:
-        raise EnvironmentProblem(f"podman secret create {name} failed: {done.stderr.decode().strip()}")
+        raise EnvironmentProblem(f"podman secret create {name} failed: {done.stderr.strip()}")
 
 
 def remove_secret(name: str) -> None:

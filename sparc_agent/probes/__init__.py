@@ -3,6 +3,8 @@
 Probes only report; they never restart anything (the supervisor decides). Every call returns a
 ProbeResult: OK, FAILED (the target's fault) or ERROR (ours: a bad spec, podman missing, a bug),
 never an exception, so one broken probe cannot take the supervision loop down with it.
+
+Never imports: apply, agent, state, export, cli.
 """
 
 from __future__ import annotations

@@ -10,11 +10,9 @@ exec session, and signals to the client are not forwarded), so a check should bo
 from __future__ import annotations
 
 import asyncio
-import contextlib
-import os
 import shutil
-import signal
 
+from sparc_agent.host.process import kill_group, spawn
 from sparc_agent.probes.base import ProbeError, ProbeOutcome, ProbeResult, TargetFailed, measured
 from sparc_agent.probes.spec import ExecSpec
 
@@ -37,13 +35,6 @@ def last_line(output: bytes) -> str:
     return line if len(line) <= DETAIL else line[: DETAIL - 1] + "…"
 
 
-def _kill(proc: asyncio.subprocess.Process) -> None:
-    with contextlib.suppress(ProcessLookupError, PermissionError):
-        os.killpg(proc.pid, signal.SIGKILL)  # its own session (below): podman and any helper it forked
-    with contextlib.suppress(ProcessLookupError):
-        proc.kill()
-
-
 async def probe(spec: ExecSpec, container: str | None) -> ProbeResult:
     if container is None:
         return ProbeResult(ProbeOutcome.ERROR, 0.0, "no container to exec in")
@@ -55,16 +46,8 @@ async def probe(spec: ExecSpec, container: str | None) -> ProbeResult:
         if podman is None:
             raise ProbeError("podman not found on PATH")
         try:
-            proc = await asyncio.create_subprocess_exec(
-                podman,
-                "exec",
-                container,
-                *spec.command,
-                stdin=asyncio.subprocess.DEVNULL,
-                stdout=asyncio.subprocess.PIPE,
-                stderr=asyncio.subprocess.STDOUT,
-                start_new_session=True,
-            )
+            # its own session: a kill reaches podman and any helper it forked
+            proc = await spawn([podman, "exec", container, *spec.command], stderr="stdout", new_session=True)
         except OSError as exc:  # found but not runnable: a broken install on our side
             raise ProbeError(f"cannot run {podman}: {exc.strerror or exc}") from None
         try:
@@ -73,7 +56,7 @@ async def probe(spec: ExecSpec, container: str | None) -> ProbeResult:
             code = await proc.wait()
         finally:
             if proc.returncode is None:  # timed out (or cancelled): do not leave the client behind
-                _kill(proc)
+                kill_group(proc)
                 await asyncio.shield(proc.wait())
         if code != 0:
             how = f"killed by signal {-code}" if code < 0 else f"exit {code}"

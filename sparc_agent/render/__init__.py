@@ -1,5 +1,7 @@
 """Profile + target versions -> {relative path: file text}. Pure: no I/O but reading templates.
 
+Never imports: host, state, apply, agent, probes, export, cli, doctor.
+
 Paths are relative to $XDG_CONFIG_HOME: quadlets under `containers/systemd/`,
 plain user units under `systemd/user/` (the rootless locations).
 """
