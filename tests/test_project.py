@@ -40,6 +40,17 @@ def test_ci_runs_the_readme_test_command() -> None:
     assert ci_lines[-1] == command
 
 
+@pytest.mark.unit
+def test_ci_tests_the_installed_wheel_not_the_checkout() -> None:
+    """CI installs a wheel (not -e) and runs with -P: the package under test is the installed one."""
+    import sparc_agent
+
+    where = Path(sparc_agent.__file__).resolve()
+    if os.environ.get("CI", "").lower() != "true":
+        pytest.skip(f"not CI: testing {where}")
+    assert not where.is_relative_to(ROOT / "sparc_agent"), f"CI imported the checkout's {where}, not a wheel"
+
+
 @pytest.mark.slow
 def test_wheel_ships_templates_and_every_package(tmp_path: Path) -> None:
     _run(
