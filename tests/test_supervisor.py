@@ -285,10 +285,14 @@ def test_dependency_recovery_restarts_healthy_dependents_only() -> None:
     )
     assert stack.dependents("riva") == ["mas"]
     mas = healthy_machine(stack.services[1])
-    action = mas.dependency_recovered("riva", 10.0)
+    mas.on_dependency_recovered("riva")
+    assert mas.next_wakeup() == float("-inf")  # due at once
+    action = mas.due(10.0)
     assert action is not None and action.act is Act.RESTART and action.attempt == 0
-    mas.on_dependent_restart_done(True, 10.5, action.reason)
+    assert action.dependency == "riva" and mas.busy and mas.due(10.1) is None
+    mas.on_action_done(action, True, 10.5)
     assert mas.state is State.STARTING and mas.restarts_in_window(10.5) == 0  # not a crash of its own
+    assert not mas.busy and mas.due(10.6) is None  # once
 
 
 def test_plan_json_round_trip() -> None:
@@ -348,3 +352,62 @@ def test_json_log_lines() -> None:
     log.info("state", service="riva", state="HEALTHY")
     line = json.loads(out.getvalue())
     assert line["event"] == "state" and line["service"] == "riva" and line["level"] == "info"
+
+
+# ---------------------------------------------------------------- probes that run apart (webrtc) and causes
+
+
+def media(outcome: str, phase: str = "first_frame", cause: str = "") -> ProbeView:
+    return ProbeView(outcome, 3.0, "no frame within 5s", phase=phase, source="webrtc", cause=cause)
+
+
+def test_a_failure_caused_by_another_service_shows_but_never_restarts() -> None:
+    m = healthy_machine()
+    m.on_probe(media("failed", "ice_gather", cause="turn"), 10.0)
+    assert m.state is State.UNHEALTHY and "ice_gather" in m.reason and "turn" in m.reason
+    assert m.due(100.0) is None and m.restarts_total == 0
+    m.on_probe(OK, 12.0)  # its own port answers: still not healthy while the media path fails
+    assert m.state is State.UNHEALTHY
+    m.on_probe(media("ok"), 70.0)
+    assert m.state is State.HEALTHY
+
+
+def test_a_failure_of_its_own_restarts_it_and_a_new_process_forgets_the_verdict() -> None:
+    m = healthy_machine()
+    m.on_probe(media("failed"), 10.0)  # one verdict of a probe run apart is confirmed already
+    assert m.state is State.BACKOFF and "first_frame" in m.reason
+    action = m.due(11.0)
+    assert action is not None and action.act is Act.RESTART
+    m.on_action_done(action, True, 11.5)
+    m.on_unit(running("b"), 11.5)
+    m.on_probe(OK, 12.0)
+    assert m.state is State.HEALTHY and m.restarts_total == 1
+
+
+def test_every_probe_result_is_an_event_for_listeners() -> None:
+    m = healthy_machine()
+    m.drain()
+    m.on_probe(FAIL, 3.0)
+    m.on_probe(media("failed", cause="signaling"), 4.0)
+    probes = [e for e in m.drain() if e["event"] == "probe"]
+    assert [(e["kind"], e["outcome"], e["phase"], e["cause"]) for e in probes] == [
+        ("http", "failed", "", ""),
+        ("webrtc", "failed", "first_frame", "signaling"),
+    ]
+    assert probes[0]["latency_s"] == 1.0
+
+
+def test_the_runner_hands_every_event_to_its_listeners(tmp_path: Any) -> None:
+    from sparc_agent.agent.runner import Agent, AgentOptions, StackRunner
+    from sparc_agent.state.paths import Paths
+
+    agent = Agent(AgentOptions(log_format="json"), Paths.from_env({"XDG_STATE_HOME": str(tmp_path)}))
+    seen: list[tuple[str, str, str]] = []
+    agent.listeners.append(lambda _stack, _event: 1 / 0)  # a broken listener is logged, nothing more
+    agent.listeners.append(lambda stack, e: seen.append((stack, e["event"], e["state"])))
+    runner = StackRunner(tmp_path, StackPlan("s", 1, (plan(),)), agent)
+    runner.carry_over(None, systemd_grows_delay=False)
+    runner.machines["web"].adopt_running(running(), 0.0)
+    runner.flush(runner.machines["web"])
+    runner.feed_probe("web", OK)
+    assert seen == [("s", "state", "STARTING"), ("s", "probe", "STARTING"), ("s", "state", "HEALTHY")]

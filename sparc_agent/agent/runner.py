@@ -31,7 +31,7 @@ import os
 import signal
 import sys
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Final
@@ -40,6 +40,7 @@ from sparc_agent.agent.notify import Notifier
 from sparc_agent.agent.supervisor import (
     Act,
     Action,
+    Event,
     ProbeView,
     ServiceMachine,
     ServicePlan,
@@ -64,12 +65,24 @@ HEARTBEAT_S: Final = 10.0
 # render.versions.SYSTEMD_RESTART_STEPS, not imported: sparc_agent.render pulls in jinja2 and pydantic
 SYSTEMD_RESTART_STEPS: Final = 254  # rewrite the state file this often even without changes (fresh `updated`)
 
+# an observer of the machines: (stack, event); see supervisor.Event for the events and their fields
+Listener = Callable[[str, Event], None]
+
 # what each state counts as on the STATUS= line
 _OK_STATES: Final = (State.HEALTHY,)
 
 
 def mono() -> float:
     return time.monotonic()
+
+
+def _level(event: Event) -> str:
+    """The journal priority of a machine's event."""
+    if event["event"] == "state" and event.get("state") == "FATAL":
+        return "error"
+    if event.get("state") in ("FATAL", "UNHEALTHY") or event["event"] == "restart":
+        return "warning"
+    return "info"
 
 
 # ---------------------------------------------------------------- plans (computed in a child process)
@@ -143,7 +156,6 @@ class StackRunner:
     agent: Agent
     machines: dict[str, ServiceMachine] = field(default_factory=dict)
     pokes: dict[str, asyncio.Event] = field(default_factory=dict)
-    dep_restart: dict[str, str] = field(default_factory=dict)  # service -> the dependency that recovered
     adopted: bool = False
     paused: bool = False  # an apply is running
 
@@ -225,7 +237,6 @@ class StackRunner:
 
     async def _service_loop(self, mgr: UserManager, name: str) -> None:
         from sparc_agent.apply.noop import spec_from_plan
-        from sparc_agent.probes import run_probe
 
         m = self.machines[name]
         poke = self.pokes[name]
@@ -236,27 +247,39 @@ class StackRunner:
                 await asyncio.sleep(RECONCILE_S / 2)
                 continue
             now = mono()
-            dep = self.dep_restart.pop(name, None)
-            action = m.dependency_recovered(dep, now) if dep else m.due(now)
+            action = m.due(now)
             self.flush(m)
             if action is not None:
-                await self._act(mgr, m, action, dependent=dep is not None)
-                continue
-            if spec is not None and m.probe_due(now) and m.unit is not None:
-                invocation = m.unit.invocation_id
-                result = await run_probe(spec, container=m.plan.container)
-                # a result about a process that is gone (restarted meanwhile) says nothing
-                if m.unit is not None and m.unit.invocation_id == invocation and not self.paused:
-                    m.on_probe(ProbeView(result.outcome.value, result.latency_s, result.detail), mono())
-                    self.flush(m, probed=True)
-                continue
-            wake = m.next_wakeup()
-            timeout = None if wake is None else max(0.0, wake - mono())
-            with contextlib.suppress(TimeoutError):
-                async with asyncio.timeout(timeout):
-                    await poke.wait()
+                await self._act(mgr, m, action)
+            elif spec is not None and m.probe_due(now):
+                await self._probe(m, spec)
+            else:
+                await self._sleep_until(m.next_wakeup(), poke)
 
-    async def _act(self, mgr: UserManager, m: ServiceMachine, action: Action, dependent: bool) -> None:
+    async def _probe(self, m: ServiceMachine, spec: Any) -> None:
+        from sparc_agent.probes import run_probe
+
+        invocation = m.unit.invocation_id if m.unit is not None else ""
+        result = await run_probe(spec, container=m.plan.container)
+        # a result about a process that is gone (restarted meanwhile) says nothing
+        if m.unit is not None and m.unit.invocation_id == invocation and not self.paused:
+            self.feed_probe(m.plan.name, ProbeView(result.outcome.value, result.latency_s, result.detail))
+
+    def feed_probe(self, service: str, result: ProbeView) -> None:
+        """A probe result for `service`: from its own health probe, or from a probe run apart (webrtc)."""
+        m = self.machines[service]
+        m.on_probe(result, mono())
+        self.flush(m)
+        self.pokes[service].set()
+
+    @staticmethod
+    async def _sleep_until(wake: float | None, poke: asyncio.Event) -> None:
+        timeout = None if wake is None else max(0.0, wake - mono())
+        with contextlib.suppress(TimeoutError):
+            async with asyncio.timeout(timeout):
+                await poke.wait()
+
+    async def _act(self, mgr: UserManager, m: ServiceMachine, action: Action) -> None:
         unit = m.plan.unit
         log = self.agent.log.bind(stack=self.stack, service=m.plan.name)
         log.info(
@@ -277,15 +300,11 @@ class StackRunner:
             else:  # HOLD, STOP
                 await mgr.stop(unit)
         except ManagerDisconnected:
-            m.busy = False
+            m.on_action_cancelled(action, mono())
             raise
         except SparcError as exc:
             ok, detail = False, str(exc)
-        now = mono()
-        if dependent:
-            m.on_dependent_restart_done(ok, now, action.reason, detail)
-        else:
-            m.on_action_done(action, ok, now, detail)
+        m.on_action_done(action, ok, mono(), detail)
         self.flush(m)
 
     async def _restart(self, mgr: UserManager, unit: str, log: Any) -> None:
@@ -298,39 +317,28 @@ class StackRunner:
                 await mgr.kill(unit, signal.SIGKILL, "all")
         await job
 
-    def flush(self, m: ServiceMachine, probed: bool = False) -> None:
+    def flush(self, m: ServiceMachine) -> None:
+        """The machine's events to the journal and the listeners; a recovery pokes `healthy` dependents."""
         events = m.drain()
         for event in events:
+            self.agent.notify_listeners(self.stack, event)
+            if event["event"] == "probe":
+                continue  # every probe result: for listeners (metrics), too many for the journal
             fields = {k: v for k, v in event.items() if k != "event"}
-            level = (
-                "warning"
-                if event.get("state") in ("FATAL", "UNHEALTHY") or event["event"] == "restart"
-                else "info"
-            )
-            if event.get("state") == "FATAL" and event["event"] == "state":
-                level = "error"
-            getattr(self.agent.log, level)(event["event"], stack=self.stack, **fields)
-        if m.recovered:
-            m.recovered = False
+            getattr(self.agent.log, _level(event))(event["event"], stack=self.stack, **fields)
+        if m.take_recovered():
             for dependent in self.plan.dependents(m.plan.name):
-                self.dep_restart[dependent] = m.plan.name
+                self.machines[dependent].on_dependency_recovered(m.plan.name)
                 self.pokes[dependent].set()
-        if events or probed:
+        if events:
             self.agent.dirty(self)
 
     def resume(self) -> None:
         """An apply just finished: what it did is not a failure of ours to count."""
         now = mono()
         for name, m in self.machines.items():
-            if (
-                m.state not in (State.FATAL, State.STOPPED)
-                and m.unit is not None
-                and m.unit.active_state == "active"
-            ):
-                m.fails = 0
-                m.backoff_until = None
-                m._enter_starting(now, "apply finished")
-                self.flush(m)
+            m.on_apply_finished(now)
+            self.flush(m)
             self.pokes[name].set()
 
     def state_document(self) -> dict[str, Any]:
@@ -383,6 +391,8 @@ class Agent:
         self._pending_adoption: set[str] = set()
         self._grows_delay = False
         self._instance: int | None = None  # the user manager we last talked to (UserManager.instance)
+        # called with (stack, event) for every event of every machine (agent.metrics registers here)
+        self.listeners: list[Listener] = []
 
     # ------------------------------------------------------------ entry
 
@@ -466,6 +476,7 @@ class Agent:
         self.runners = runners
 
     async def _sessions(self) -> None:
+        """Connect, supervise until the connection drops, reconnect with a capped backoff; until stopped."""
         delay = 0.2
         while not self._stop.is_set():
             try:
@@ -485,30 +496,34 @@ class Agent:
             self.log.info("bus", reason="connected", address=mgr.address)
             try:
                 async with mgr:
-                    with contextlib.suppress(SparcError):
-                        self._grows_delay = systemd_major(await mgr.version()) >= SYSTEMD_RESTART_STEPS
-                    restarted = await self._new_instance(mgr)
-                    while not self._stop.is_set() and mgr.connected:
-                        if self._reload.is_set():
-                            self._reload.clear()
-                            self.notifier.reloading()
-                            self.log.info("reload", reason="SIGHUP")
-                            if self.options.apply:
-                                await self._apply_profiles()
-                            self.runners = {}  # re-read everything
-                        await self._discover()
-                        if restarted:  # after _discover: the machines it carried over are the ones owed
-                            restarted = False
-                            now = mono()
-                            for runner in self.runners.values():
-                                for m in runner.machines.values():
-                                    m.on_manager_restart(now)
-                        await self._session(mgr)
+                    await self._connected(mgr)
             except (ManagerDisconnected, NoUserManager) as exc:
                 self.log.warning("bus", reason=f"disconnected: {exc}")
             self.connected = False
             for runner in self.runners.values():
                 self.dirty(runner)
+
+    async def _connected(self, mgr: UserManager) -> None:
+        """Sessions on one connection: each ends with a reload, a new generation or stack, or the end."""
+        with contextlib.suppress(SparcError):
+            self._grows_delay = systemd_major(await mgr.version()) >= SYSTEMD_RESTART_STEPS
+        restarted = await self._new_instance(mgr)
+        while not self._stop.is_set() and mgr.connected:
+            if self._reload.is_set():
+                self._reload.clear()
+                self.notifier.reloading()
+                self.log.info("reload", reason="SIGHUP")
+                if self.options.apply:
+                    await self._apply_profiles()
+                self.runners = {}  # re-read everything
+            await self._discover()
+            if restarted:  # after _discover: the machines it carried over are the ones owed
+                restarted = False
+                now = mono()
+                for runner in self.runners.values():
+                    for m in runner.machines.values():
+                        m.on_manager_restart(now)
+            await self._session(mgr)
 
     async def _new_instance(self, mgr: UserManager) -> bool:
         """Is `mgr` another manager than the one before the disconnect (not just the same one on a new bus)?
@@ -620,6 +635,13 @@ class Agent:
         if bad:
             line += " (" + ", ".join(bad[:4]) + (", ..." if len(bad) > 4 else "") + ")"
         return line if self.connected else line + "; user manager unreachable"
+
+    def notify_listeners(self, stack: str, event: Event) -> None:
+        for listener in self.listeners:
+            try:
+                listener(stack, event)
+            except Exception as exc:  # a listener's bug must not stop supervision
+                self.log.error("listener", reason=f"{type(exc).__name__}: {exc}", listener=repr(listener))
 
     # ------------------------------------------------------------ state file, watchdog
 

@@ -158,15 +158,24 @@ class UnitView:
 
 @dataclass(frozen=True)
 class ProbeView:
+    """One probe result. `source` "" is the service's own health probe (run by the runner on the plan's
+    timing); another source (e.g. "webrtc") is a probe that runs apart, on its own schedule, and feeds
+    its verdicts in: each of its failures counts as confirmed, and the service is HEALTHY only while no
+    source fails. `cause` names another service whose failure explains this one's (the signaling server,
+    the TURN server): the service is UNHEALTHY for it, but restarting it would not help, so it is not."""
+
     outcome: str  # ok, failed, error (sparc_agent.probes.ProbeOutcome values)
     latency_s: float
     detail: str = ""
+    phase: str = ""  # how far the probe got (webrtc: signaling, answer, ice_gather, ...)
+    source: str = ""
+    cause: str = ""
 
 
 class Act(enum.StrEnum):
-    RESTART = "restart"  # RestartUnit (reset-failed first): the service is unhealthy or failed
+    RESTART = "restart"  # RestartUnit: the service is unhealthy or failed
     HOLD = "hold"  # StopUnit a unit waiting in auto-restart: the policy's delay is longer than systemd's
-    START = "start"  # StartUnit after a hold
+    START = "start"  # StartUnit after a hold, or after the user manager restarted
     STOP = "stop"  # FATAL while systemd would keep restarting: end the loop
 
 
@@ -175,8 +184,13 @@ class Action:
     act: Act
     reason: str
     attempt: int
+    dependency: str = ""  # a restart because this `healthy` dependency recovered: not a crash of ours
 
 
+# What the machine tells its listeners (and the journal): dicts with "event", "service", "state" and
+# per event: state (previous, reason), restart (by: agent|systemd, reason, attempt, ok), probe (kind,
+# outcome, latency_s, phase, detail, source, cause; for listeners only, not logged), probe_failed,
+# probe_error, restart_skipped, reset.
 Event = dict[str, Any]
 
 
@@ -184,7 +198,10 @@ Event = dict[str, Any]
 
 
 class ServiceMachine:
-    """One service. Feed it `on_unit`, `on_probe`, `on_action_done`; ask `due(now)` for an action."""
+    """One service. Feed it `on_unit`, `on_probe`, `on_action_done`; ask `due(now)` for an action.
+
+    All sub-state (the action in flight, a held auto-restart, a start owed after a manager restart, a
+    dependency's recovery) lives here, changed only by these methods: the runner does the I/O."""
 
     def __init__(
         self,
@@ -209,20 +226,36 @@ class ServiceMachine:
         self.last_probe: ProbeView | None = None
         self.last_probe_at: float | None = None
         self.unit: UnitView | None = None
-        self.busy = False  # an action of ours is in flight
-        self.holding = False  # we stopped systemd's pending auto-restart and owe a start
-        self.recovered = False  # set on HEALTHY after a restart: `healthy` dependents are due one
         self.events: list[Event] = []
         self._rng = rng
         self._systemd_grows_delay = systemd_grows_delay
+        self._inflight: Action | None = None  # an action of ours the runner is carrying out
+        self._holding = False  # we stopped systemd's pending auto-restart and owe a start
+        self._owed_start = False  # the user manager restarted under the running service: start it again
+        self._dependency: str | None = None  # a `healthy` dependency recovered: a restart is due
+        self._recovered = False  # HEALTHY after a restart: `healthy` dependents are due one
+        self._restarted = False  # a restart happened since the last HEALTHY
+        self._failing: dict[str, ProbeView] = {}  # other probe sources whose last verdict failed
         self._n_restarts_seen: int | None = None
         self._fatal_invocation = ""
         self.backoff_delay = 0.0  # the delay of the current BACKOFF
         self._episode_counted = False  # systemd's NRestarts already counted this episode's restart
-        self._restarted = False  # a restart happened since the last HEALTHY
-        self.owed_start = False  # the user manager restarted under the running service: start it again
 
     # ------------------------------------------------------------ helpers
+
+    @property
+    def busy(self) -> bool:
+        """An action of ours is in flight: no probes, no second action."""
+        return self._inflight is not None
+
+    @property
+    def recovered(self) -> bool:
+        return self._recovered
+
+    def take_recovered(self) -> bool:
+        """True once after the service became HEALTHY again after a restart (its dependents are due one)."""
+        recovered, self._recovered = self._recovered, False
+        return recovered
 
     def _emit(self, event: str, now: float, **fields: Any) -> None:
         self.events.append({"event": event, "service": self.plan.name, "state": str(self.state), **fields})
@@ -260,6 +293,9 @@ class ServiceMachine:
         self.next_probe_at = None
         self._to(State.FATAL, now, reason, attempt=self.attempt)
 
+    def _fatal_budget(self, now: float, why: str) -> None:
+        self._fatal(now, f"{self.restarts_in_window(now)} restarts within {self.plan.window:g}s{why}")
+
     def _fast(self) -> float:
         return min(self.plan.interval, FAST_INTERVAL_S)
 
@@ -282,10 +318,21 @@ class ServiceMachine:
         The next `on_unit` (a fresh snapshot from the new manager) decides."""
         self.unit = None  # the old manager's view, NRestarts and InvocationID mean nothing any more
         self._n_restarts_seen = None
-        self.busy = self.holding = False
+        self._inflight = None
+        self._holding = False
+        self._dependency = None
         self.next_probe_at = None
         self.backoff_until = None
-        self.owed_start = self.state not in (State.STOPPED, State.FATAL)
+        self._owed_start = self.state not in (State.STOPPED, State.FATAL)
+
+    def on_apply_finished(self, now: float) -> None:
+        """An apply just ran on the stack: what it did is not a failure of ours to count."""
+        if self.state in (State.FATAL, State.STOPPED) or self.unit is None:
+            return
+        if self.unit.active_state == "active":
+            self.fails = 0
+            self.backoff_until = None
+            self._enter_starting(now, "apply finished")
 
     def on_unit(self, unit: UnitView, now: float) -> None:
         prev = self.unit
@@ -293,82 +340,79 @@ class ServiceMachine:
         seen = self._n_restarts_seen
         self._n_restarts_seen = unit.n_restarts
         systemd_restarted = seen is not None and unit.n_restarts > seen
-        self._on_unit_state(unit, prev, systemd_restarted, now)
+        if self.state is State.FATAL:
+            self._on_unit_while_fatal(unit, systemd_restarted, now)
+        else:
+            self._on_unit_state(unit, prev, now)
         # counted after the state change: NRestarts ticks on entering auto-restart, in one episode
         if systemd_restarted and seen is not None:
-            n = unit.n_restarts - seen
-            self._count_restart(now, n)
-            if self.state is State.BACKOFF:
-                self._episode_counted = True
-            self._emit(
-                "restart",
-                now,
-                by="systemd",
-                reason=f"systemd Restart= after {unit.result or (prev.result if prev else '?')}",
-                attempt=self.attempt,
-                restarts=self.restarts_in_window(now),
-            )
-            if self.restarts_in_window(now) > self.plan.max_restarts and self.state is not State.FATAL:
-                self._fatal(now, f"{self.restarts_in_window(now)} restarts within {self.plan.window:g}s")
+            self._count_systemd_restarts(unit.n_restarts - seen, unit, prev, now)
 
-    def _on_unit_state(
-        self, unit: UnitView, prev: UnitView | None, systemd_restarted: bool, now: float
-    ) -> None:
-        new_invocation = prev is not None and unit.invocation_id != prev.invocation_id and unit.invocation_id
+    def _count_systemd_restarts(self, n: int, unit: UnitView, prev: UnitView | None, now: float) -> None:
+        self._count_restart(now, n)
+        if self.state is State.BACKOFF:
+            self._episode_counted = True
+        self._emit(
+            "restart",
+            now,
+            by="systemd",
+            reason=f"systemd Restart= after {unit.result or (prev.result if prev else '?')}",
+            attempt=self.attempt,
+            restarts=self.restarts_in_window(now),
+        )
+        if self.restarts_in_window(now) > self.plan.max_restarts and self.state is not State.FATAL:
+            self._fatal_budget(now, "")
+
+    def _on_unit_while_fatal(self, unit: UnitView, systemd_restarted: bool, now: float) -> None:
+        """Someone started it by hand (`sparc-agent restart`, systemctl): a fresh start, a fresh budget."""
+        manual = (
+            unit.active_state == "active"
+            and unit.invocation_id != self._fatal_invocation
+            and not self.busy
+            and not systemd_restarted
+        )
+        if manual:
+            self.restarts.clear()
+            self.attempt = 0
+            self._enter_starting(now, "started by hand: FATAL cleared")
+
+    def _on_unit_state(self, unit: UnitView, prev: UnitView | None, now: float) -> None:
         a, s = unit.active_state, unit.sub_state
-
-        if self.state is State.FATAL:
-            # someone started it by hand (`sparc-agent restart`, systemctl): a fresh start, a fresh budget
-            manual = (
-                a == "active"
-                and unit.invocation_id != self._fatal_invocation
-                and not self.busy
-                and not systemd_restarted
-            )
-            if manual:
-                self.restarts.clear()
-                self.attempt = 0
-                self._enter_starting(now, "started by hand: FATAL cleared")
-            return
         if a == "failed" and unit.result == "start-limit-hit":
             self._fatal(now, f"systemd start limit hit (StartLimitBurst={self.plan.max_restarts + 1})")
             return
         if self.busy:
-            return  # our own restart: its outcome arrives through on_action_done
-        if self.owed_start and a == "inactive":
+            return  # our own action: its outcome arrives through on_action_done
+        if self._owed_start and a == "inactive":
             self.backoff_until, self.backoff_delay = now, 0.0
             self._to(State.BACKOFF, now, "user manager restarted: start again", attempt=0, backoff=0.0)
             return
         if a != "deactivating":
-            self.owed_start = False  # it runs, or fails, again: the usual rules from here
+            self._owed_start = False  # it runs, or fails, again: the usual rules from here
         if a == "active":
-            # only a transition into active is news: other property changes of a running unit are not
-            became_active = prev is None or prev.active_state != "active" or new_invocation
-            if became_active or self.holding:
-                self.holding = False
-                self.backoff_until = None
-                self._enter_starting(now, "unit active")
-            return
-        if a in ("activating", "reloading") or s == "auto-restart":
+            self._unit_active(unit, prev, now)
+        elif a in ("activating", "reloading") or s == "auto-restart":
             # systemd is (re)starting it: never a second restart from us
-            if s == "auto-restart" and not self.holding and self.plan.policy != "no":
+            if s == "auto-restart" and not self._holding and self.plan.policy != "no":
                 self._on_crash(now, unit, systemd_restarting=True)
-            return
-        if a == "failed":
+        elif a == "failed":
             if self.plan.policy == "no":
                 self._to(State.STOPPED, now, f"failed ({unit.result}); policy no: not restarted")
             else:
                 self._on_crash(now, unit, systemd_restarting=False)
-            return
-        # inactive/dead, deactivating
-        if self.holding:
-            return
-        if a == "inactive" and self.state is not State.BACKOFF:
+        elif a == "inactive" and not self._holding and self.state is not State.BACKOFF:
+            # (in BACKOFF, systemd 252 passes through inactive/dead between auto-restart and the new start)
             self.next_probe_at = None
             self._to(State.STOPPED, now, "stopped (not by the agent)")
-        elif a == "inactive" and self.state is State.BACKOFF and self.backoff_until is None:
-            # systemd 252 passes through inactive/dead between auto-restart and the new start
-            pass
+
+    def _unit_active(self, unit: UnitView, prev: UnitView | None, now: float) -> None:
+        # only a transition into active is news: other property changes of a running unit are not
+        new_invocation = prev is not None and unit.invocation_id != prev.invocation_id and unit.invocation_id
+        became_active = prev is None or prev.active_state != "active" or new_invocation
+        if became_active or self._holding:
+            self._holding = False
+            self.backoff_until = None
+            self._enter_starting(now, "unit active")
 
     def _on_crash(self, now: float, unit: UnitView, *, systemd_restarting: bool) -> None:
         """The unit failed. systemd may be restarting it; else we will, after the backoff."""
@@ -377,13 +421,10 @@ class ServiceMachine:
         if self.state is State.BACKOFF:
             return  # already waiting (systemd 252 shows failed, then auto-restart, for one crash)
         if self._budget_spent(now) and not systemd_restarting:
-            self._fatal(
-                now,
-                f"{self.restarts_in_window(now)} restarts within {self.plan.window:g}s; last: {unit.result}",
-            )
+            self._fatal_budget(now, f"; last: {unit.result}")
             return
         # systemd's RestartSec is backoff.initial: when the policy wants longer, hold its restart
-        self.holding = False
+        self._holding = False
         self._enter_backoff(now, f"unit {unit.active_state} ({unit.result or unit.sub_state})")
 
     def _enter_backoff(self, now: float, reason: str) -> None:
@@ -395,6 +436,7 @@ class ServiceMachine:
     def _enter_starting(self, now: float, reason: str) -> None:
         self.fails = 0
         self.started_at = now
+        self._failing.clear()  # a new process: the other sources' old verdicts were about the last one
         if self.unit is not None and not self.has_probe:
             self._healthy(now, "running (no probe)")
             return
@@ -410,7 +452,7 @@ class ServiceMachine:
             self._to(State.HEALTHY, now, reason)
             self.healthy_since = now
             if self._restarted:
-                self.recovered = True
+                self._recovered = True
                 self._restarted = False
         self.next_probe_at = now + self.plan.interval if self.has_probe else None
 
@@ -436,18 +478,57 @@ class ServiceMachine:
         )
 
     def on_probe(self, result: ProbeView, now: float) -> None:
-        self.last_probe, self.last_probe_at = result, now
+        self._emit(
+            "probe",
+            now,
+            kind=self._kind(result),
+            outcome=result.outcome,
+            latency_s=result.latency_s,
+            phase=result.phase,
+            detail=result.detail,
+            source=result.source,
+            cause=result.cause,
+        )
+        if not result.source:
+            self.last_probe, self.last_probe_at = result, now
         if self.state in (State.FATAL, State.STOPPED) or self.busy:
-            self.next_probe_at = None
-            return
-        if result.outcome == "ok":
-            self._healthy(now, f"{self.plan.probe['kind'] if self.plan.probe else ''} probe ok".strip())
+            if not result.source:
+                self.next_probe_at = None
             return
         if result.outcome == "error":
             # our bug, not the service's: never a reason to restart; say so and keep probing
             self._emit("probe_error", now, probe=result.detail)
+            if not result.source:
+                self.next_probe_at = now + self.plan.interval
+            return
+        if result.source:
+            self._on_source_probe(result, now)
+        elif result.outcome == "ok":
+            self._on_probe_ok(now)
+        else:
+            self._on_probe_failed(result, now)
+
+    def _kind(self, result: ProbeView) -> str:
+        return result.source or (str(self.plan.probe["kind"]) if self.plan.probe else "")
+
+    def _on_probe_ok(self, now: float) -> None:
+        if self._failing:  # another source still fails: not healthy, however well this one answers
+            self.fails = 0
             self.next_probe_at = now + self.plan.interval
             return
+        self._healthy(now, f"{self._kind(ProbeView('ok', 0.0))} probe ok".strip())
+
+    def _on_source_probe(self, result: ProbeView, now: float) -> None:
+        """A verdict from a probe that runs apart (e.g. webrtc): already confirmed by its own run."""
+        if result.outcome == "ok":
+            self._failing.pop(result.source, None)
+            if not self._failing and self.state is State.UNHEALTHY:
+                self._healthy(now, f"{result.source} probe ok")
+            return
+        self._failing[result.source] = result
+        self._unhealthy(result, now)
+
+    def _on_probe_failed(self, result: ProbeView, now: float) -> None:
         self.next_probe_at = now + self._fast()
         if self.state is State.STARTING and now - self.started_at < self.plan.start_period:
             return  # failures in the start period do not count
@@ -456,73 +537,99 @@ class ServiceMachine:
             self._emit("probe_failed", now, probe=result.detail, fails=self.fails, retries=self.plan.retries)
         if self.fails < self.plan.retries or self.state in (State.UNHEALTHY, State.BACKOFF):
             return
-        self._to(State.UNHEALTHY, now, f"{self.fails} probes failed: {result.detail}", probe=result.detail)
+        self._unhealthy(result, now)
+
+    def _unhealthy(self, result: ProbeView, now: float) -> None:
+        """Confirmed unhealthy: restart after the backoff, unless policy, budget or cause say otherwise."""
+        what = f"{result.phase}: {result.detail}" if result.phase else result.detail
+        if result.cause:
+            # another service broke this one: restarting it would not help, so it only shows
+            self.backoff_until = None
+            self._to(State.UNHEALTHY, now, f"{what} (cause: {result.cause})", probe=result.detail)
+            return
+        if self.state is State.BACKOFF:
+            return
+        self._to(State.UNHEALTHY, now, f"{self.fails or 1} probes failed: {what}", probe=result.detail)
         if self.plan.policy == "no":
             self._emit("restart_skipped", now, reason="policy no")
-            return
-        if self._budget_spent(now):
-            self._fatal(
-                now,
-                f"{self.restarts_in_window(now)} restarts within {self.plan.window:g}s;"
-                f" still unhealthy: {result.detail}",
-            )
-            return
-        self._enter_backoff(now, f"unhealthy: {result.detail}")
+        elif self._budget_spent(now):
+            self._fatal_budget(now, f"; still unhealthy: {what}")
+        else:
+            self._enter_backoff(now, f"unhealthy: {what}")
+
+    def on_dependency_recovered(self, dep: str) -> None:
+        """A `healthy` dependency came back after a restart: this one is due a restart too (not counted)."""
+        self._dependency = dep
+
+    # ------------------------------------------------------------ actions
 
     def due(self, now: float) -> Action | None:
         """The action to take now, if any; the caller runs it, then calls on_action_done."""
         self._reset_if_healthy_long(now)
-        unit = self.unit
-        if (
-            self.state is State.FATAL
-            and not self.busy
-            and unit is not None
-            and unit.sub_state == "auto-restart"
-        ):
-            self.busy = True  # FATAL means no more restarts, systemd's included
-            return Action(Act.STOP, "FATAL: cancel systemd's pending restart", self.attempt)
-        if self.busy or self.state is State.FATAL:
+        action = self._next_action(now)
+        self._inflight = action if action is not None else self._inflight
+        return action
+
+    def _next_action(self, now: float) -> Action | None:
+        if self.busy:
             return None
+        unit = self.unit
+        if self.state is State.FATAL:
+            self._dependency = None
+            if unit is not None and unit.sub_state == "auto-restart":
+                # FATAL means no more restarts, systemd's included
+                return Action(Act.STOP, "FATAL: cancel systemd's pending restart", self.attempt)
+            return None
+        if self._dependency is not None:
+            dep, self._dependency = self._dependency, None
+            if self.state is not State.STOPPED and self.plan.policy != "no":
+                return Action(Act.RESTART, f"dependency {dep} recovered", 0, dependency=dep)
         if self.state is State.BACKOFF and unit is not None:
-            restarting = unit.active_state == "activating" or unit.sub_state == "auto-restart"
-            if restarting and not self.holding:
-                # systemd's restart is pending: let it be, unless the policy wants a longer pause
-                if (
-                    not self._systemd_grows_delay
-                    and self.backoff_until is not None
-                    and self.backoff_delay > self.plan.backoff_initial
-                    and unit.sub_state == "auto-restart"
-                ):
-                    self.busy = True
-                    return Action(Act.HOLD, "policy backoff longer than RestartSec", self.attempt + 1)
-                return None
-            if self.backoff_until is not None and now >= self.backoff_until:
-                if self.owed_start:
-                    self.busy = True
-                    return Action(Act.START, self.reason, 0)
-                if unit.active_state == "inactive" and not self.holding:
-                    # not failed, not restarting, not held by us: someone stopped it meanwhile
-                    self.backoff_until = None
-                    self._to(State.STOPPED, now, "stopped (not by the agent)")
-                    return None
-                if self._budget_spent(now):
-                    self._fatal(now, f"{self.restarts_in_window(now)} restarts within {self.plan.window:g}s")
-                    return None
-                self.busy = True
-                act = Act.START if self.holding or unit.active_state != "active" else Act.RESTART
-                return Action(act, self.reason, self.attempt + 1)
+            return self._backoff_action(unit, now)
         return None
 
+    def _backoff_action(self, unit: UnitView, now: float) -> Action | None:
+        restarting = unit.active_state == "activating" or unit.sub_state == "auto-restart"
+        if restarting and not self._holding:
+            # systemd's restart is pending: let it be, unless the policy wants a longer pause
+            longer = self.backoff_until is not None and self.backoff_delay > self.plan.backoff_initial
+            if not self._systemd_grows_delay and longer and unit.sub_state == "auto-restart":
+                return Action(Act.HOLD, "policy backoff longer than RestartSec", self.attempt + 1)
+            return None
+        if self.backoff_until is None or now < self.backoff_until:
+            return None
+        if self._owed_start:
+            return Action(Act.START, self.reason, 0)
+        if unit.active_state == "inactive" and not self._holding:
+            # not failed, not restarting, not held by us: someone stopped it meanwhile
+            self.backoff_until = None
+            self._to(State.STOPPED, now, "stopped (not by the agent)")
+            return None
+        if self._budget_spent(now):
+            self._fatal_budget(now, "")
+            return None
+        act = Act.START if self._holding or unit.active_state != "active" else Act.RESTART
+        return Action(act, self.reason, self.attempt + 1)
+
+    def on_action_cancelled(self, action: Action, now: float) -> None:
+        """The runner could not finish `action` (its task was cancelled, the bus went away)."""
+        self._inflight = None
+
     def on_action_done(self, action: Action, ok: bool, now: float, detail: str = "") -> None:
-        self.busy = False
+        self._inflight = None
         if action.act is Act.HOLD:
-            self.holding = ok
+            self._holding = ok
             return
         if action.act is Act.STOP:
             return
-        self.holding = False
-        if self.owed_start:  # the start after a manager restart: not a restart of a failed service
-            self.owed_start = False
+        if action.dependency:
+            self._emit("restart", now, by="agent", reason=action.reason, attempt=0, ok=ok, detail=detail)
+            if ok:
+                self._enter_starting(now, f"restarted ({action.reason})")
+            return
+        self._holding = False
+        if self._owed_start:  # the start after a manager restart: not a restart of a failed service
+            self._owed_start = False
             if ok:
                 self.backoff_until = None
                 self._emit("restart", now, by="agent", reason=action.reason, attempt=0, ok=ok, detail=detail)
@@ -543,27 +650,14 @@ class ServiceMachine:
         else:
             self._enter_backoff(now, f"restart failed: {detail}")
 
-    def dependency_recovered(self, dep: str, now: float) -> Action | None:
-        """A `healthy` dependency came back after a restart: restart this one too (not counted as a crash)."""
-        if self.busy or self.state in (State.FATAL, State.STOPPED) or self.plan.policy == "no":
-            return None
-        self.busy = True
-        return Action(Act.RESTART, f"dependency {dep} recovered", 0)
-
-    def on_dependent_restart_done(self, ok: bool, now: float, reason: str, detail: str = "") -> None:
-        self.busy = False
-        self._emit("restart", now, by="agent", reason=reason, attempt=0, ok=ok, detail=detail)
-        if ok:
-            self._enter_starting(now, f"restarted ({reason})")
-
     def clear_fatal(self, now: float) -> None:
-        """`sparc-agent restart`: forget the budget; the next unit change decides the state."""
+        """A new generation: forget the budget; the next unit change decides the state."""
         self.restarts.clear()
         self.attempt = 0
         self.backoff_until = None
-        self.holding = False
+        self._holding = False
         if self.state is State.FATAL:
-            self._to(State.STOPPED, now, "FATAL cleared by sparc-agent restart")
+            self._to(State.STOPPED, now, "FATAL cleared by a new generation")
 
     def _reset_if_healthy_long(self, now: float) -> None:
         if (
@@ -581,6 +675,8 @@ class ServiceMachine:
         times = [t for t in (self.next_probe_at, self.backoff_until) if t is not None]
         if self.state is State.HEALTHY and self.healthy_since is not None and (self.attempt or self.restarts):
             times.append(self.healthy_since + self.plan.window)
+        if self._dependency is not None:
+            times.append(float("-inf"))
         return min(times) if times else None
 
     def drain(self) -> list[Event]:
