@@ -265,8 +265,8 @@ def test_each_probe_kind_passes_healthy_and_fails_broken(
 
     from testhost import free_port
 
+    import sparc_agent.probes as ps
     from sparc_agent.probes import ProbeOutcome, run_probe
-    from sparc_agent.probes import spec as ps
 
     mgr = user_manager
     doc = applied(mgr, tmp_path)

@@ -22,7 +22,7 @@ from typing import Any
 
 from sparc_agent import __version__
 from sparc_agent.probes import ProbeOutcome, run_probe
-from sparc_agent.probes import spec as ps
+from sparc_agent.probes.kinds import spec_from_fields
 from sparc_agent.state.paths import Paths
 
 KEY_BINARIES = ("podman", "/usr/libexec/podman/quadlet", "/usr/lib/podman/quadlet", "systemctl")
@@ -46,22 +46,9 @@ def input_key(profile: str, overlays: Sequence[str], sets: Sequence[str]) -> str
     return digest.hexdigest()
 
 
-def spec_from_plan(plan: dict[str, Any]) -> ps.ProbeSpec:
+def spec_from_plan(plan: dict[str, Any]) -> Any:
     """A ServicePlan's probe ({"kind": "http", "port": .., "timeout_s": ..}) as the probes' spec."""
-    fields = {k: v for k, v in plan.items() if k != "kind"}
-    kinds: dict[str, type[ps.ProbeSpec]] = {
-        "tcp": ps.TcpSpec,
-        "http": ps.HttpSpec,
-        "websocket": ps.WebSocketSpec,
-        "grpc": ps.GrpcSpec,
-        "stun": ps.StunSpec,
-        "exec": ps.ExecSpec,
-    }
-    if "status" in fields:
-        fields["status"] = tuple(fields["status"])
-    if "command" in fields:
-        fields["command"] = tuple(fields["command"])
-    return kinds[plan["kind"]](**fields)
+    return spec_from_fields(plan["kind"], {k: v for k, v in plan.items() if k != "kind"})
 
 
 @dataclass(frozen=True)

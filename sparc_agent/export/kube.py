@@ -15,16 +15,13 @@ import yaml
 
 from sparc_agent.export import container_port, host_ip, is_loopback, port_pairs
 from sparc_agent.export.shell import sh_path, sh_quote
+from sparc_agent.probes import ExecSpec, GrpcSpec, HttpSpec, StunSpec, WebSocketSpec
+from sparc_agent.probes.kinds import KINDS
 from sparc_agent.profile.model import (
-    ExecProbe,
-    GrpcProbe,
     Health,
-    HttpProbe,
     Mount,
     Profile,
     Service,
-    StunProbe,
-    WebSocketProbe,
 )
 from sparc_agent.profile.rules import start_order
 
@@ -79,23 +76,23 @@ def _seconds(value: float) -> int:
 
 
 def _probe_action(profile: Profile, name: str, health: Health, notes: list[str]) -> dict[str, Any]:
-    probe = health.probe
-    if isinstance(probe, ExecProbe):
+    probe = health.spec
+    if isinstance(probe, ExecSpec):
         return {"exec": {"command": list(probe.command)}}
-    inner = container_port(profile, probe.port, "udp" if isinstance(probe, StunProbe) else "tcp")
-    if isinstance(probe, HttpProbe):
+    inner = container_port(profile, probe.port, KINDS[health.kind].transport)
+    if isinstance(probe, HttpSpec):
         lo, hi = probe.status
         if (lo, hi) != (200, 399):
             notes.append(f"{name}: http probe wants status {lo}-{hi}; Kubernetes accepts 200-399")
         return {"httpGet": {"path": probe.path, "port": inner}}
-    if isinstance(probe, GrpcProbe):
+    if isinstance(probe, GrpcSpec):
         return {"grpc": {"port": inner, **({"service": probe.service} if probe.service else {})}}
-    if isinstance(probe, WebSocketProbe):
+    if isinstance(probe, WebSocketSpec):
         notes.append(
             f"{name}: websocket probe -> tcpSocket: Kubernetes counts only 200-399 as healthy, never"
             " 101 Switching Protocols, so the WebSocket handshake itself is not checked"
         )
-    elif isinstance(probe, StunProbe):
+    elif isinstance(probe, StunSpec):
         notes.append(
             f"{name}: stun probe (udp {probe.port}) -> tcpSocket on {inner}: Kubernetes has no UDP probe;"
             " this assumes the server also listens on TCP (coturn does unless --no-tcp), and checks"
@@ -225,11 +222,8 @@ def _owners(profile: Profile) -> dict[tuple[str, int], str]:
     """(protocol, host port) -> the service whose probe uses it: its container lists the port."""
     owners: dict[tuple[str, int], str] = {}
     for name, svc in profile.services.items():
-        if svc.health is not None and svc.health.kind != "exec":
-            proto = "udp" if svc.health.kind == "stun" else "tcp"
-            probe = svc.health.probe
-            if not isinstance(probe, ExecProbe):
-                owners[(proto, probe.port)] = name
+        if svc.health is not None and (proto := KINDS[svc.health.kind].transport) != "exec":
+            owners[(proto, svc.health.spec.port)] = name
     return owners
 
 

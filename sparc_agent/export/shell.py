@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import re
 
-from sparc_agent.profile.model import CONTROL
+from sparc_agent.profile.scalars import CONTROL
 
 _SAFE = re.compile(r"[A-Za-z0-9_@%+=:,./-]+")
 

@@ -16,15 +16,12 @@ from sparc_agent.errors import InvalidInput
 from sparc_agent.export import container_port, host_ip, partitions
 from sparc_agent.export.bashlib import LIBRARY
 from sparc_agent.export.shell import sh_path, sh_quote, sh_words
+from sparc_agent.probes import ExecSpec, GrpcSpec, HttpSpec, StunSpec, WebSocketSpec
+from sparc_agent.probes.kinds import KINDS
 from sparc_agent.profile.model import (
-    ExecProbe,
-    GrpcProbe,
-    HttpProbe,
     PortSpec,
     Profile,
     Service,
-    StunProbe,
-    WebSocketProbe,
     parse_memory,
 )
 from sparc_agent.profile.rules import start_order
@@ -155,8 +152,8 @@ def _probe(profile: Profile, name: str, svc: Service, runtime: Runtime, notes: l
     if health is None:
         return [f"{fn}() {{ true; }} # no probe in the profile"]
     timeout = f"{health.timeout:g}"
-    probe = health.probe
-    if isinstance(probe, ExecProbe):
+    probe = health.spec
+    if isinstance(probe, ExecSpec):
         argv = sh_words(probe.command)
         if runtime == "podman":
             call = f'timeout {timeout} podman exec "$POD-{name}" {argv} >/dev/null 2>&1'
@@ -170,16 +167,16 @@ def _probe(profile: Profile, name: str, svc: Service, runtime: Runtime, notes: l
         return [f"{fn}() {{ {call}; }}"]
     port = probe.port
     if runtime == "apptainer":  # no port mapping: the process listens on the node itself
-        port = container_port(profile, port, "udp" if isinstance(probe, StunProbe) else "tcp")
-    if isinstance(probe, HttpProbe):
+        port = container_port(profile, port, KINDS[health.kind].transport)
+    if isinstance(probe, HttpSpec):
         lo, hi = probe.status
         call = f"probe_http {port} {sh_quote(probe.path)} {lo} {hi} {timeout}"
-    elif isinstance(probe, WebSocketProbe):
+    elif isinstance(probe, WebSocketSpec):
         call = f"probe_websocket {port} {sh_quote(probe.path)} {timeout}"
-    elif isinstance(probe, GrpcProbe):
+    elif isinstance(probe, GrpcSpec):
         notes.append(f"{name}: grpc probe needs curl with HTTP/2 on the node, else it only checks TCP")
         call = f"probe_grpc {port} {sh_quote(_grpc_request(probe.service))} {timeout}"
-    elif isinstance(probe, StunProbe):
+    elif isinstance(probe, StunSpec):
         call = f"probe_stun {port} {timeout}"
     else:
         call = f"probe_tcp {port} {timeout}"

@@ -1,8 +1,10 @@
 """Health probes, run from the host: one module per kind, all asyncio, each under its timeout.
 
-Probes only report; they never restart anything (the supervisor decides). Every call returns a
-ProbeResult: OK, FAILED (the target's fault) or ERROR (ours: a bad spec, podman missing, a bug),
-never an exception, so one broken probe cannot take the supervision loop down with it.
+Owns: the table of kinds (kinds.py) and a module per kind holding its spec and its probe function.
+Probes only report; they never restart anything (the supervisor decides) and never import pydantic
+(the agent must stay small; the profile validates their specs). Every call returns a ProbeResult:
+OK, FAILED (the target's fault) or ERROR (ours: a bad spec, podman missing, a bug), never an
+exception, so one broken probe cannot take the supervision loop down with it.
 
 Never imports: apply, agent, state, export, cli.
 """
@@ -10,11 +12,16 @@ Never imports: apply, agent, state, export, cli.
 from __future__ import annotations
 
 import time
+from typing import Any
 
-from sparc_agent.probes import exec as exec_probe
-from sparc_agent.probes import http, stun, tcp, websocket
-from sparc_agent.probes.base import ProbeOutcome, ProbeResult
-from sparc_agent.probes.spec import ExecSpec, GrpcSpec, HttpSpec, ProbeSpec, StunSpec, TcpSpec, WebSocketSpec
+from sparc_agent.probes.base import ProbeOutcome, ProbeResult, Target
+from sparc_agent.probes.exec import ExecSpec
+from sparc_agent.probes.grpc import GrpcSpec
+from sparc_agent.probes.http import HttpSpec
+from sparc_agent.probes.kinds import KINDS, kind_of
+from sparc_agent.probes.stun import StunSpec
+from sparc_agent.probes.tcp import TcpSpec
+from sparc_agent.probes.websocket import WebSocketSpec
 
 
 def spec_problem(spec: object) -> str | None:
@@ -32,43 +39,28 @@ def spec_problem(spec: object) -> str | None:
     return None
 
 
-async def _dispatch(spec: ProbeSpec, host: str, container: str | None) -> ProbeResult:
-    if isinstance(spec, TcpSpec):
-        return await tcp.probe(spec, host)
-    if isinstance(spec, HttpSpec):
-        return await http.probe(spec, host)
-    if isinstance(spec, WebSocketSpec):
-        return await websocket.probe(spec, host)
-    if isinstance(spec, GrpcSpec):
-        from sparc_agent.probes import grpc  # h2 only when a gRPC probe exists (memory budget of the agent)
-
-        return await grpc.probe(spec, host)
-    if isinstance(spec, StunSpec):
-        return await stun.probe(spec, host)
-    if isinstance(spec, ExecSpec):
-        return await exec_probe.probe(spec, container)
-    return ProbeResult(ProbeOutcome.ERROR, 0.0, f"unknown probe spec {type(spec).__name__}")
-
-
-async def run_probe(spec: ProbeSpec, *, host: str = "127.0.0.1", container: str | None = None) -> ProbeResult:
+async def run_probe(spec: Any, *, host: str = "127.0.0.1", container: str | None = None) -> ProbeResult:
     """Probe once. Never raises (but for cancellation): failures and our own errors are results."""
+    kind = kind_of(spec)
+    if kind is None:
+        return ProbeResult(ProbeOutcome.ERROR, 0.0, f"unknown probe spec {type(spec).__name__}")
     problem = spec_problem(spec)
     if problem is not None:
         return ProbeResult(ProbeOutcome.ERROR, 0.0, f"bad {type(spec).__name__}: {problem}")
     start = time.monotonic()
     try:
-        return await _dispatch(spec, host, container)
+        return await kind.probe(spec, Target(host, container))
     except Exception as exc:  # outside the probe's own net (an import, a bug in a probe's setup)
         return ProbeResult(ProbeOutcome.ERROR, time.monotonic() - start, f"{type(exc).__name__}: {exc}")
 
 
 __all__ = [
+    "KINDS",
     "ExecSpec",
     "GrpcSpec",
     "HttpSpec",
     "ProbeOutcome",
     "ProbeResult",
-    "ProbeSpec",
     "StunSpec",
     "TcpSpec",
     "WebSocketSpec",

@@ -13,7 +13,9 @@ import enum
 import os
 import time
 from collections.abc import Awaitable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
+
+from sparc_agent.probes.fields import Port
 
 
 class ProbeOutcome(enum.Enum):
@@ -31,6 +33,28 @@ class ProbeResult:
     @property
     def ok(self) -> bool:
         return self.outcome is ProbeOutcome.OK
+
+
+@dataclass(frozen=True)
+class Timed:
+    """Every spec has a timeout, from `health.timeout`; keyword-only, so a kind's own fields come first."""
+
+    timeout_s: float = field(default=2.0, kw_only=True)
+
+
+@dataclass(frozen=True)
+class PortSpec(Timed):
+    """A kind reached at a port of the target host."""
+
+    port: Port
+
+
+@dataclass(frozen=True)
+class Target:
+    """Where a probe runs against: the host's address for network kinds, the container for exec."""
+
+    host: str = "127.0.0.1"
+    container: str | None = None
 
 
 class TargetFailed(Exception):

@@ -11,10 +11,19 @@ from __future__ import annotations
 
 import asyncio
 import shutil
+from dataclasses import dataclass
 
 from sparc_agent.host.process import kill_group, spawn
-from sparc_agent.probes.base import ProbeError, ProbeOutcome, ProbeResult, TargetFailed, measured
-from sparc_agent.probes.spec import ExecSpec
+from sparc_agent.probes.base import (
+    ProbeError,
+    ProbeOutcome,
+    ProbeResult,
+    Target,
+    TargetFailed,
+    Timed,
+    measured,
+)
+from sparc_agent.probes.fields import Argv
 
 KEEP = 4096  # bytes of output tail kept for the detail
 DETAIL = 160  # characters of its last line shown
@@ -35,7 +44,13 @@ def last_line(output: bytes) -> str:
     return line if len(line) <= DETAIL else line[: DETAIL - 1] + "…"
 
 
-async def probe(spec: ExecSpec, container: str | None) -> ProbeResult:
+@dataclass(frozen=True)
+class ExecSpec(Timed):
+    command: Argv
+
+
+async def probe(spec: ExecSpec, target: Target) -> ProbeResult:
+    container = target.container
     if container is None:
         return ProbeResult(ProbeOutcome.ERROR, 0.0, "no container to exec in")
     if not spec.command:

@@ -10,10 +10,20 @@ from __future__ import annotations
 
 import contextlib
 import urllib.parse
+from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
-from sparc_agent.probes.base import ProbeResult, TargetFailed, authority, close, measured, open_tcp
-from sparc_agent.probes.spec import GrpcSpec
+from sparc_agent.probes.base import (
+    PortSpec,
+    ProbeResult,
+    Target,
+    TargetFailed,
+    authority,
+    close,
+    measured,
+    open_tcp,
+)
+from sparc_agent.probes.fields import Text
 
 if TYPE_CHECKING:
     import asyncio
@@ -191,7 +201,12 @@ async def _roundtrip(
             await writer.drain()
 
 
-async def probe(spec: GrpcSpec, host: str) -> ProbeResult:
+@dataclass(frozen=True)
+class GrpcSpec(PortSpec):
+    service: Text = ""
+
+
+async def probe(spec: GrpcSpec, target: Target) -> ProbeResult:
     import h2.config
     import h2.connection
     import h2.exceptions
@@ -208,7 +223,7 @@ async def probe(spec: GrpcSpec, host: str) -> ProbeResult:
                 (":method", "POST"),
                 (":scheme", "http"),
                 (":path", PATH),
-                (":authority", authority(host, spec.port)),
+                (":authority", authority(target.host, spec.port)),
                 ("content-type", "application/grpc"),
                 ("te", "trailers"),
                 ("grpc-timeout", grpc_timeout(spec.timeout_s)),
@@ -217,7 +232,7 @@ async def probe(spec: GrpcSpec, host: str) -> ProbeResult:
         )
         call = _Call(conn, stream, encode_request(spec.service))
         call.pump()
-        reader, writer = await open_tcp(host, spec.port)
+        reader, writer = await open_tcp(target.host, spec.port)
         try:
             await _roundtrip(call, reader, writer, conn.data_to_send())
             with contextlib.suppress(h2.exceptions.ProtocolError):  # the server may have sent GOAWAY first

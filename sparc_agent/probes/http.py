@@ -8,9 +8,12 @@ from __future__ import annotations
 
 import asyncio
 import re
+from dataclasses import dataclass
 
 from sparc_agent.probes.base import (
+    PortSpec,
     ProbeResult,
+    Target,
     TargetFailed,
     authority,
     check_path,
@@ -19,7 +22,7 @@ from sparc_agent.probes.base import (
     open_tcp,
     read_until,
 )
-from sparc_agent.probes.spec import HttpSpec
+from sparc_agent.probes.fields import HttpPath, StatusRange
 
 # HTTP/1.0 and 1.1; the reason phrase is optional (RFC 9112 allows it empty, some servers drop the space)
 STATUS_LINE = re.compile(rb"HTTP/1\.\d[ ]+(\d{3})(?:[ \t][^\r\n]*)?\r?\n\Z")
@@ -49,14 +52,21 @@ async def read_status(reader: asyncio.StreamReader) -> int:
             budget -= len(line)
 
 
-async def probe(spec: HttpSpec, host: str) -> ProbeResult:
+@dataclass(frozen=True)
+class HttpSpec(PortSpec):
+    path: HttpPath = "/"
+    status: StatusRange = (200, 399)
+
+
+async def probe(spec: HttpSpec, target: Target) -> ProbeResult:
     async def check() -> str:
         path = check_path(spec.path)
         lo, hi = spec.status
-        reader, writer = await open_tcp(host, spec.port, limit=MAX_HEAD)
+        reader, writer = await open_tcp(target.host, spec.port, limit=MAX_HEAD)
         try:
             writer.write(
-                f"GET {path} HTTP/1.1\r\nHost: {authority(host, spec.port)}\r\nUser-Agent: sparc-agent\r\n"
+                f"GET {path} HTTP/1.1\r\nHost: {authority(target.host, spec.port)}\r\n"
+                "User-Agent: sparc-agent\r\n"
                 "Accept: */*\r\nConnection: close\r\n\r\n".encode()
             )
             await writer.drain()

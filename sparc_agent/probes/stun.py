@@ -12,8 +12,7 @@ import ipaddress
 import os
 import struct
 
-from sparc_agent.probes.base import ProbeResult, TargetFailed, measured
-from sparc_agent.probes.spec import StunSpec
+from sparc_agent.probes.base import PortSpec, ProbeResult, Target, TargetFailed, measured
 
 MAGIC = 0x2112A442
 MAGIC_BYTES = MAGIC.to_bytes(4, "big")
@@ -90,13 +89,17 @@ def first_wait(timeout_s: float) -> float:
     return min(0.5, max(0.05, timeout_s / 8))
 
 
-async def probe(spec: StunSpec, host: str) -> ProbeResult:
+class StunSpec(PortSpec):
+    """Healthy when a Binding Request is answered over UDP."""
+
+
+async def probe(spec: StunSpec, target: Target) -> ProbeResult:
     async def check() -> str:
         tid = os.urandom(12)
         request = HEADER.pack(BINDING_REQUEST, 0, MAGIC, tid)
         loop = asyncio.get_running_loop()
         transport, client = await loop.create_datagram_endpoint(
-            lambda: _Client(tid), remote_addr=(host, spec.port)
+            lambda: _Client(tid), remote_addr=(target.host, spec.port)
         )
         try:
             wait = first_wait(spec.timeout_s)

@@ -2,13 +2,16 @@
 
 from __future__ import annotations
 
-from sparc_agent.probes.base import ProbeResult, close, measured, open_tcp
-from sparc_agent.probes.spec import TcpSpec
+from sparc_agent.probes.base import PortSpec, ProbeResult, Target, close, measured, open_tcp
 
 
-async def probe(spec: TcpSpec, host: str) -> ProbeResult:
+class TcpSpec(PortSpec):
+    """Healthy when a connection is accepted."""
+
+
+async def probe(spec: TcpSpec, target: Target) -> ProbeResult:
     async def check() -> str:
-        _, writer = await open_tcp(host, spec.port)
+        _, writer = await open_tcp(target.host, spec.port)
         await close(writer)
         return "connected"
 

@@ -10,9 +10,12 @@ from __future__ import annotations
 import base64
 import hashlib
 import os
+from dataclasses import dataclass
 
 from sparc_agent.probes.base import (
+    PortSpec,
     ProbeResult,
+    Target,
     TargetFailed,
     authority,
     check_path,
@@ -21,8 +24,8 @@ from sparc_agent.probes.base import (
     open_tcp,
     read_until,
 )
+from sparc_agent.probes.fields import HttpPath
 from sparc_agent.probes.http import MAX_HEAD, parse_status_line
-from sparc_agent.probes.spec import WebSocketSpec
 
 GUID = b"258EAFA5-E914-47DA-95CA-C5AB0DC85B11"
 CLOSE_NORMAL = 1000
@@ -52,14 +55,19 @@ def close_frame(code: int = CLOSE_NORMAL) -> bytes:
     return b"\x88\x82" + mask + bytes(b ^ mask[i % 4] for i, b in enumerate(payload))
 
 
-async def probe(spec: WebSocketSpec, host: str) -> ProbeResult:
+@dataclass(frozen=True)
+class WebSocketSpec(PortSpec):
+    path: HttpPath = "/"
+
+
+async def probe(spec: WebSocketSpec, target: Target) -> ProbeResult:
     async def check() -> str:
         path = check_path(spec.path)
         key = base64.b64encode(os.urandom(16))
-        reader, writer = await open_tcp(host, spec.port, limit=MAX_HEAD)
+        reader, writer = await open_tcp(target.host, spec.port, limit=MAX_HEAD)
         try:
             writer.write(
-                f"GET {path} HTTP/1.1\r\nHost: {authority(host, spec.port)}\r\nUpgrade: websocket\r\n"
+                f"GET {path} HTTP/1.1\r\nHost: {authority(target.host, spec.port)}\r\nUpgrade: websocket\r\n"
                 f"Connection: Upgrade\r\nSec-WebSocket-Key: {key.decode()}\r\nSec-WebSocket-Version: 13\r\n"
                 "User-Agent: sparc-agent\r\n\r\n".encode()
             )

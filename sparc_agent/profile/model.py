@@ -7,19 +7,23 @@ each other (secrets declared, probe ports published, dependency cycles) live in
 
 from __future__ import annotations
 
+import dataclasses
 import ipaddress
 import posixpath
 import re
-import shlex
 from dataclasses import dataclass
-from typing import Annotated, Any, Literal
+from typing import TYPE_CHECKING, Annotated, Any, Literal, get_type_hints
 
-from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, model_validator
+from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, create_model, model_validator
+
+from sparc_agent.probes.kinds import COMMON_FIELDS, KINDS, Kind, spec_from_fields
+from sparc_agent.profile.scalars import argv as _argv
+from sparc_agent.profile.scalars import describe as _describe
+from sparc_agent.profile.scalars import no_control as _no_control
+from sparc_agent.profile.scalars import text as _text
 
 SLUG = re.compile(r"[a-z][a-z0-9-]*")
 ENV_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
-# any C0 control character but TAB, and DEL: they could end a unit-file line or a C string
-CONTROL = re.compile(r"[\x00-\x08\x0a-\x1f\x7f]")
 
 # distribution/reference grammar, simplified: [domain[:port]/]path[:tag][@digest]
 _COMPONENT = r"[a-z0-9]+(?:(?:[._]|__|-+)[a-z0-9]+)*"
@@ -42,32 +46,6 @@ class Frozen(BaseModel):
 
 
 # ---------------------------------------------------------------- scalar types
-
-
-def _no_control(value: str) -> str:
-    if CONTROL.search(value):
-        raise ValueError("contains a control character such as a newline or NUL (not allowed in unit files)")
-    return value
-
-
-def _text(value: Any) -> str:
-    if not isinstance(value, str):
-        raise ValueError(f"expected a string, got {_describe(value)}")
-    return _no_control(value)
-
-
-def _describe(value: Any) -> str:
-    if value is None:
-        return "nothing (null)"
-    if isinstance(value, bool):
-        return f"the boolean {str(value).lower()}"
-    if isinstance(value, int | float):
-        return f"the number {value}"
-    if isinstance(value, dict):
-        return "a mapping"
-    if isinstance(value, list):
-        return "a list"
-    return type(value).__name__
 
 
 def _slug(max_len: int, what: str) -> Any:
@@ -303,98 +281,30 @@ MountSpec = Annotated[Mount, BeforeValidator(lambda v: v if isinstance(v, Mount)
 # ---------------------------------------------------------------- probes
 
 
-def _http_path(value: Any) -> str:
-    text = _text(value)
-    if not text.startswith("/") or any(c.isspace() for c in text):
-        raise ValueError(f"invalid path {text!r} (allowed: starts with '/', no spaces)")
-    return text
-
-
-HttpPath = Annotated[str, BeforeValidator(_http_path)]
-PortNumber = Annotated[int, Field(ge=1, le=65535, strict=True)]
-
-
-def _status_range(value: Any) -> tuple[int, int]:
-    allowed = '(allowed: a status like 200, or a range like "200-399")'
-    if isinstance(value, int) and not isinstance(value, bool):
-        lo = hi = value
-    elif isinstance(value, str) and re.fullmatch(r"\d{3}(-\d{3})?", value.strip()):
-        a, _, b = value.strip().partition("-")
-        lo, hi = int(a), int(b or a)
-    else:
-        raise ValueError(f"invalid status {value!r} {allowed}")
-    if not 100 <= lo <= hi <= 599:
-        raise ValueError(f"invalid status {value!r} {allowed}")
-    return lo, hi
-
-
-class TcpProbe(Frozen):
-    port: PortNumber
-
-
-class HttpProbe(Frozen):
-    port: PortNumber
-    path: HttpPath = "/"
-    status: Annotated[tuple[int, int], BeforeValidator(_status_range)] = (200, 399)
-
-
-class WebSocketProbe(Frozen):
-    port: PortNumber
-    path: HttpPath = "/"
-
-
-class GrpcProbe(Frozen):
-    port: PortNumber
-    service: Text = ""
-
-
-class StunProbe(Frozen):
-    port: PortNumber
-
-
-def _argv(value: Any) -> tuple[str, ...]:
-    """A command: a list of strings, or one string split like a shell would (no expansion)."""
-    if isinstance(value, str):
-        try:
-            items: list[Any] = shlex.split(_no_control(value))
-        except ValueError as exc:
-            raise ValueError(
-                f"cannot split command: {exc} (allowed: a list of strings, or a shell-quoted string)"
-            ) from None
-    elif isinstance(value, list | tuple):
-        items = list(value)
-    else:
-        raise ValueError(f"expected a list of strings or a string, got {_describe(value)}")
-    if not items:
-        raise ValueError("command is empty (allowed: at least one word)")
-    for i, item in enumerate(items):
-        if isinstance(item, bool) or not isinstance(item, str | int | float):
-            raise ValueError(f"word {i} is {_describe(item)} (allowed: strings)")
-        _no_control(str(item))
-        if re.fullmatch(r"\\*;", str(item)):
-            # systemd splits ExecStart= at a lone ';' and quadlet drops the command: no quoting helps
-            raise ValueError(f"word {i} is a lone {item!r}, which systemd reads as a command separator")
-    return tuple(str(item) for item in items)
-
-
 Argv = Annotated[tuple[str, ...], BeforeValidator(_argv)]
 
 
-class ExecProbe(Frozen):
-    command: Argv
+def _block_model(kind: Kind) -> type[Frozen]:
+    """The kind's block under `health:`: its spec's fields but the ones `health:` holds itself."""
+    hints = get_type_hints(kind.spec, include_extras=True)
+    fields: dict[str, Any] = {
+        f.name: (hints[f.name], ... if f.default is dataclasses.MISSING else f.default)
+        for f in dataclasses.fields(kind.spec)
+        if f.name not in COMMON_FIELDS
+    }
+    return create_model(f"{kind.spec.__name__}Block", __base__=Frozen, **fields)
 
 
-PROBE_KINDS = ("tcp", "http", "websocket", "grpc", "stun", "exec")
-AnyProbe = TcpProbe | HttpProbe | WebSocketProbe | GrpcProbe | StunProbe | ExecProbe
+PROBE_KINDS = tuple(KINDS)
+if TYPE_CHECKING:
+    _ProbeBlocks = Frozen
+else:  # one optional field per kind, from the probes' table
+    _ProbeBlocks = create_model(
+        "_ProbeBlocks", __base__=Frozen, **{n: (_block_model(k) | None, None) for n, k in KINDS.items()}
+    )
 
 
-class Health(Frozen):
-    tcp: TcpProbe | None = None
-    http: HttpProbe | None = None
-    websocket: WebSocketProbe | None = None
-    grpc: GrpcProbe | None = None
-    stun: StunProbe | None = None
-    exec: ExecProbe | None = None
+class Health(_ProbeBlocks):
     interval: Duration = 5.0
     timeout: Duration = 2.0
     retries: Annotated[int, Field(ge=1, le=1000, strict=True)] = 3
@@ -417,9 +327,14 @@ class Health(Frozen):
         return next(k for k in PROBE_KINDS if getattr(self, k) is not None)
 
     @property
-    def probe(self) -> AnyProbe:
-        value: AnyProbe = getattr(self, self.kind)
+    def probe(self) -> Frozen:
+        value: Frozen = getattr(self, self.kind)
         return value
+
+    @property
+    def spec(self) -> Any:
+        """The probe as the probes run it (sparc_agent.probes' spec of this kind)."""
+        return spec_from_fields(self.kind, {**dict(self.probe), "timeout_s": self.timeout})
 
 
 # ---------------------------------------------------------------- restart policy, resources

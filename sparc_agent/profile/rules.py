@@ -5,6 +5,7 @@ from __future__ import annotations
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
 
+from sparc_agent.probes.kinds import KINDS
 from sparc_agent.profile.model import Profile
 from sparc_agent.profile.source import Path
 
@@ -74,10 +75,9 @@ def _references(profile: Profile) -> Iterator[Finding]:
 
 def _probe_ports(profile: Profile, published: dict[tuple[str, int], int]) -> Iterator[Finding]:
     for name, svc in profile.services.items():
-        if svc.health is None or svc.health.kind == "exec":
+        if svc.health is None or (protocol := KINDS[svc.health.kind].transport) == "exec":
             continue
         port: int = getattr(svc.health.probe, "port")  # noqa: B009 - every non-exec probe has one
-        protocol = "udp" if svc.health.kind == "stun" else "tcp"
         if (protocol, port) not in published:
             yield Finding(
                 ("services", name, "health", svc.health.kind, "port"),

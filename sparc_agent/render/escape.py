@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from collections.abc import Iterable
 
-from sparc_agent.profile.model import CONTROL
+from sparc_agent.profile.scalars import CONTROL
 
 
 def _literal(value: str) -> str:
