@@ -540,6 +540,54 @@ def check_cdi(host: Host, profile: Profile | None) -> Check:
     return ok("gpu-cdi", f"{devices} (from {source})")
 
 
+def check_gpus(host: Host, profile: Profile | None) -> list[Check]:
+    """Each GPU NVML sees (name, total and used memory); with a profile, its budgets against them."""
+    from sparc_agent.host.gpu import GpuUnavailable, gib, open_nvml
+
+    wanted = _wanted_gpus(profile)
+    try:
+        nvml = open_nvml(host.env)
+        try:
+            gpus = nvml.gpus()
+        finally:
+            nvml.close()
+    except GpuUnavailable as exc:
+        if wanted:
+            return [warn("gpu", f"cannot read the GPUs: {exc}", "install the NVIDIA driver and nvidia-ml-py")]
+        return [ok("gpu", f"no GPU readable ({exc}); the profile needs none")]
+    if not gpus:
+        return [warn("gpu", "NVML lists no GPU", "check `nvidia-smi`")] if wanted else []
+    found = [ok(f"gpu{g.index}", f"{g.name}: {gib(g.total)} total, {gib(g.used)} used") for g in gpus]
+    return found + _gpu_budget_check(profile, min(gpus, key=lambda g: g.total))
+
+
+def _gpu_budget_check(profile: Profile | None, gpu: Any) -> list[Check]:
+    from sparc_agent.host.gpu import gib
+    from sparc_agent.profile import rules
+
+    if profile is None:
+        return []
+    budgets = {n: b for n in profile.services if (b := rules.gpu_budget_of(profile, n)) is not None}
+    if not budgets:
+        return []
+    total = sum(budgets.values())
+    declared = profile.gpu.memory if isinstance(profile.gpu.memory, int) else None
+    if declared is not None and declared != gpu.total:
+        note = f" (the profile declares {gib(declared)}, GPU {gpu.index} has {gib(gpu.total)})"
+    else:
+        note = ""
+    if total > gpu.total:
+        return [
+            fail(
+                "gpu-budget",
+                f"budgets add up to {gib(total)}, more than GPU {gpu.index} ({gpu.name}) has:"
+                f" {gib(gpu.total)}",
+                "lower services.*.resources.gpu_memory, or run on a larger GPU",
+            )
+        ]
+    return [ok("gpu-budget", f"budgets {gib(total)} of {gib(gpu.total)} ({gpu.name}){note}")]
+
+
 def _unprivileged_port_start(host: Host) -> int:
     try:
         return int(host.path("/proc/sys/net/ipv4/ip_unprivileged_port_start").read_text())
@@ -701,6 +749,7 @@ def run(profile: Profile | None = None, env: Mapping[str, str] | None = None) ->
     host = Host(env)
     checks = [_safe(check.__name__, partial(check, host)) for check in BASIC]
     checks.append(_safe("gpu-cdi", partial(check_cdi, host, profile)))
+    checks += _safe_many("gpu", partial(check_gpus, host, profile))
     if profile is not None:
         checks.append(_safe("ports", partial(check_ports, host, profile)))
     checks.append(_safe("disk", partial(check_disk, host)))
@@ -716,6 +765,13 @@ def _safe(name: str, check: Callable[[], Check]) -> Check:
     except Exception as exc:
         label = name.removeprefix("check_").replace("_", "-")
         return warn(label, f"the check itself failed: {type(exc).__name__}: {exc}", "please report this")
+
+
+def _safe_many(name: str, check: Callable[[], list[Check]]) -> list[Check]:
+    try:
+        return check()
+    except Exception as exc:
+        return [warn(name, f"the check itself failed: {type(exc).__name__}: {exc}", "please report this")]
 
 
 def names(checks: Iterable[Check]) -> list[str]:

@@ -21,6 +21,7 @@ from pathlib import Path
 from typing import TextIO
 
 from sparc_agent.agent.supervisor import plan_from_profile
+from sparc_agent.apply import gpu_budget
 from sparc_agent.errors import EnvironmentProblem, SparcError
 from sparc_agent.host import podman
 from sparc_agent.host.detect import detect
@@ -259,9 +260,13 @@ async def converge(
         outcome = ServiceOutcome(name, action)
         result.services[name] = outcome
         if svc.health is None:
-            healthy[name].set_result(True)
+            ok, outcome.detail = gpu_budget.check(profile, name, unit, log)
+            outcome.healthy = None if ok else False
+            healthy[name].set_result(ok)
             return
         ok, detail = await _wait_healthy(mgr, unit, names.container(name), profile, name, acted)
+        if ok:
+            ok, detail = gpu_budget.check(profile, name, unit, log)
         outcome.healthy, outcome.seconds, outcome.detail = ok, time.monotonic() - t0, detail
         if ok and action != "unchanged":
             print(f"{name} healthy after {outcome.seconds:.1f} s", file=log, flush=True)

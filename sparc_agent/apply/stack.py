@@ -40,6 +40,8 @@ class ServiceStatus:
     restarts: int
     since: str
     supervisor: dict[str, Any] | None = None  # the running agent's view (agent-state.json), if any
+    gpu_memory_bytes: int | None = None  # what its processes hold on the GPU now (NVML), GPU services only
+    gpu_memory_budget_bytes: int | None = None  # resources.gpu_memory
 
 
 def agent_view(root: Path) -> dict[str, Any] | None:
@@ -99,6 +101,7 @@ async def _status(stack: str) -> dict[str, Any]:
             )
 
         rows = list(await asyncio.gather(*(one(n) for n in profile.services)))
+    gpu_note = _gpu_memory(profile, rows)
     return {
         "stack": stack,
         "generation": generation.number,
@@ -106,7 +109,26 @@ async def _status(stack: str) -> dict[str, Any]:
         "status": generation.meta.get("status"),
         "agent": {k: agent[k] for k in ("pid", "updated", "connected", "generation")} if agent else None,
         "services": [asdict(r) for r in rows],
+        "gpu_note": gpu_note,
     }
+
+
+def _gpu_memory(profile: Profile, rows: list[ServiceStatus]) -> str | None:
+    """Fill in each GPU service's memory from NVML; the reason when it cannot be read."""
+    from sparc_agent.host.gpu import GpuUnavailable, sample_by_unit
+    from sparc_agent.profile.rules import gpu_budget_of
+
+    gpu_rows = [r for r in rows if profile.services[r.service].gpus is not None]
+    if not gpu_rows:
+        return None
+    try:
+        by_unit = sample_by_unit()
+    except GpuUnavailable as exc:
+        return f"GPU memory unknown: {exc}"
+    for row in gpu_rows:
+        row.gpu_memory_bytes = by_unit.get(row.unit, 0)
+        row.gpu_memory_budget_bytes = gpu_budget_of(profile, row.service)
+    return None
 
 
 def status(stack: str) -> dict[str, Any]:
@@ -125,12 +147,29 @@ def format_status(report: dict[str, Any]) -> str:
     healthy = sum(
         1 for s in report["services"] if s["health"] in ("ok", "no probe") and s["state"].startswith("active")
     )
-    out = [header, *lines, f"{healthy}/{len(report['services'])} healthy"]
+    out = [header, *lines, f"{healthy}/{len(report['services'])} healthy", *_format_gpu(report)]
     if report.get("agent"):
         out += ["", _format_supervisor(report)]
     else:
         out.append("agent: not running (nothing restarts failed services: `sparc-agent run`)")
     return "\n".join(out)
+
+
+def _format_gpu(report: dict[str, Any]) -> list[str]:
+    from sparc_agent.host.gpu import gib
+
+    if report.get("gpu_note"):
+        return [str(report["gpu_note"])]
+    parts = []
+    for s in report["services"]:
+        used, budget = s.get("gpu_memory_bytes"), s.get("gpu_memory_budget_bytes")
+        if used is None:
+            continue
+        text = f"{s['service']} {gib(used)}"
+        if budget is not None:
+            text += f" of {gib(budget)}" + (" (OVER BUDGET)" if used > budget else "")
+        parts.append(text)
+    return [f"GPU memory: {', '.join(parts)}"] if parts else []
 
 
 def _format_supervisor(report: dict[str, Any]) -> str:

@@ -50,14 +50,50 @@ def profile_options(func: F) -> F:
     return click.argument("profile", type=click.Path(dir_okay=False))(func)
 
 
-def load_profile_or_exit(profile: str, overlays: Sequence[str], sets: Sequence[str]) -> LoadedProfile:
-    """Load and validate (a ProfileInvalid ends the command with exit 2); print warnings on stderr."""
+def load_profile_or_exit(
+    profile: str, overlays: Sequence[str], sets: Sequence[str], *, this_gpu: bool = False
+) -> LoadedProfile:
+    """Load and validate (a ProfileInvalid ends the command with exit 2); print warnings on stderr.
+
+    this_gpu: with `gpu.memory: detect`, also check the GPU memory budgets against this machine's GPU
+    (validate and apply; not the exporters, whose target is another machine)."""
     from sparc_agent.profile.load import load_profile
 
     loaded = load_profile(profile, overlays, sets)
     for warning in loaded.warnings:
         click.echo(f"{warning.location}: {_key_path(warning.path)}: warning: {warning.message}", err=True)
+    if this_gpu:
+        _check_detected_gpu(loaded)
     return loaded
+
+
+def _check_detected_gpu(loaded: LoadedProfile) -> None:
+    from sparc_agent.host.gpu import GpuUnavailable, open_nvml
+    from sparc_agent.profile import rules
+    from sparc_agent.profile.load import Problem, ProfileInvalid
+
+    profile = loaded.profile
+    if profile.gpu.memory != "detect" or all(
+        rules.gpu_budget_of(profile, n) is None for n in profile.services
+    ):
+        return
+    try:
+        nvml = open_nvml()
+        try:
+            gpus = nvml.gpus()
+        finally:
+            nvml.close()
+    except GpuUnavailable as exc:
+        click.echo(f"note: GPU memory budgets not checked (gpu.memory: detect): {exc}", err=True)
+        return
+    if not gpus:
+        click.echo("note: GPU memory budgets not checked: NVML lists no GPU", err=True)
+        return
+    gpu = min(gpus, key=lambda g: g.total)  # the services may land on any of them
+    findings = rules.gpu_budgets(profile, gpu.total, f"detected: GPU {gpu.index}, {gpu.name}")
+    problems = [Problem(loaded.sources.locate(f.path), f.path, f.message) for f in findings]
+    if problems:
+        raise ProfileInvalid(problems)
 
 
 def _key_path(path: tuple[str | int, ...]) -> str:

@@ -23,7 +23,7 @@ def main() -> None:
 @reports_errors
 def validate(profile: str, overlays: tuple[str, ...], sets: tuple[str, ...]) -> None:
     """Check PROFILE; exit 0 with a one-line summary, or 2 with FILE:LINE: key: problem."""
-    loaded = load_profile_or_exit(profile, overlays, sets)
+    loaded = load_profile_or_exit(profile, overlays, sets, this_gpu=True)
     p = loaded.profile
     gpus = sum(1 for s in p.services.values() if s.gpus is not None)
     click.echo(
@@ -95,7 +95,7 @@ def apply(
     from sparc_agent.apply.converge import ApplyFailed, ApplyOptions
     from sparc_agent.apply.converge import apply as run_apply
 
-    loaded = load_profile_or_exit(profile, overlays, sets)
+    loaded = load_profile_or_exit(profile, overlays, sets, this_gpu=True)
     options = ApplyOptions(
         dry_run=dry_run, wait_for_lock=not no_wait, input_key=input_key(profile, overlays, sets)
     )

@@ -371,6 +371,9 @@ class Resources(Frozen):
     cpus: Annotated[float, Field(gt=0, le=1024)] | None = None
     memory: Memory | None = None
     pids: Annotated[int, Field(gt=0, strict=True)] | None = None
+    gpu_memory: Memory | None = (
+        None  # the service's share of the GPU's memory (checked, not enforced by CUDA)
+    )
 
 
 def _gpus(value: Any) -> str | int | tuple[str, ...]:
@@ -439,6 +442,17 @@ def _api_version(value: Any) -> str:
     return API_VERSION
 
 
+def _gpu_total(value: Any) -> int | str:
+    return "detect" if value == "detect" else parse_memory(value)
+
+
+class GpuDecl(Frozen):
+    """The GPU the stack's services share (one GPU, as on PubApps)."""
+
+    memory: Annotated[int | Literal["detect"], BeforeValidator(_gpu_total)] = "detect"
+    enforce: bool = False  # apply fails (and rolls back) when a service uses more than its gpu_memory
+
+
 class Profile(Frozen):
     api_version: Annotated[str, BeforeValidator(_api_version)] = Field(alias="apiVersion")
     name: StackName
@@ -448,6 +462,7 @@ class Profile(Frozen):
     )
     secrets: dict[ObjectName, SecretDecl] = Field(default_factory=dict)
     services: Annotated[dict[ServiceName, Service], Field(min_length=1)]
+    gpu: GpuDecl = GpuDecl()
 
 
 API_VERSION = "sparc-agent/v1"

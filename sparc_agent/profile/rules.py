@@ -22,6 +22,9 @@ def errors(profile: Profile) -> Iterator[Finding]:
     yield from _probe_ports(profile, published)
     yield from clashes
     yield from _cycles(profile)
+    yield from _gpu_budget_owners(profile)
+    if isinstance(profile.gpu.memory, int):
+        yield from gpu_budgets(profile, profile.gpu.memory, "gpu.memory")
 
 
 def warnings(profile: Profile) -> Iterator[Finding]:
@@ -129,6 +132,45 @@ def _cycles(profile: Profile) -> Iterator[Finding]:
     for node in graph:
         if node not in state:
             yield from visit(node, [node])
+
+
+def gpu_budget_of(profile: Profile, name: str) -> int | None:
+    resources = profile.services[name].resources
+    return resources.gpu_memory if resources is not None else None
+
+
+def _gpu_budget_owners(profile: Profile) -> Iterator[Finding]:
+    for name, svc in profile.services.items():
+        if gpu_budget_of(profile, name) is not None and svc.gpus is None:
+            yield Finding(
+                ("services", name, "resources", "gpu_memory"),
+                "a GPU memory budget needs `gpus` on the service",
+            )
+
+
+def gpu_budgets(profile: Profile, total: int, source: str) -> Iterator[Finding]:
+    """The budgets must fit in the GPU they share: the error names the budget that overflows it."""
+    used, parts = 0, []
+    for name in start_order(profile):
+        budget = gpu_budget_of(profile, name)
+        if budget is None:
+            continue
+        used += budget
+        parts.append(f"{name} {_gib(budget)}")
+        if used > total:
+            where = (
+                ("gpu", "memory") if source == "gpu.memory" else ("services", name, "resources", "gpu_memory")
+            )
+            yield Finding(
+                where,
+                f"GPU memory budgets add up to {_gib(used)} ({' + '.join(parts)}), more than the"
+                f" {_gib(total)} of the GPU ({source}); lower a budget or use a larger GPU",
+            )
+            return
+
+
+def _gib(n: int) -> str:
+    return f"{n / 1024**3:.1f} GiB"
 
 
 def _names(mapping: Mapping[str, object]) -> str:
