@@ -38,6 +38,13 @@ systemctl --user daemon-reload
 systemctl --user enable --quiet sparc-agent.service
 # Type=notify: this returns once the agent has applied the profile (a no-op now) and adopted the stack
 systemctl --user restart sparc-agent.service
+# READY=1 comes after adoption; the agent's first probes follow within a probe interval or two
+for _ in $(seq 60); do
+  text=$(systemctl --user show -p StatusText --value sparc-agent.service)
+  ok=${text%%/*} rest=${text#*/}
+  [ "$ok" = "${rest%% *}" ] && break # "5/5 healthy"
+  sleep 0.5
+done
 state=$(systemctl --user is-active sparc-agent.service || true)
 echo "quickstart: sparc-agent.service is $state: $(systemctl --user show -p StatusText --value sparc-agent.service)"
 
@@ -45,13 +52,12 @@ status=0
 .venv/bin/sparc-agent status sparc-avatar || status=1
 [ "$state" = active ] || status=1
 
-manager=$(printf 'eval "$(python3 scripts/dev-manager.py start quickstart)"')
-cat <<EOF
+cat <<'EOF'
 
 Watch the agent heal the stack (in this directory; the first line points systemctl at the quickstart's
 user manager, which has no login session of its own):
 
-  $manager
+  eval "$(python3 scripts/dev-manager.py start quickstart)"
   podman kill sparc-avatar-mas                 # the MAS container dies
   .venv/bin/sparc-agent status sparc-avatar    # mas: BACKOFF or STARTING, then HEALTHY; restarts 1
   .venv/bin/sparc-agent logs sparc-avatar -f   # the agent's decisions and the containers' output
