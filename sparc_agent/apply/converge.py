@@ -264,9 +264,7 @@ async def converge(
             outcome.healthy = None if ok else False
             healthy[name].set_result(ok)
             return
-        ok, detail = await _wait_healthy(mgr, unit, names.container(name), profile, name, acted)
-        if ok:
-            ok, detail = gpu_budget.check(profile, name, unit, log)
+        ok, detail = await _wait_healthy(mgr, unit, names.container(name), profile, name, acted, log)
         outcome.healthy, outcome.seconds, outcome.detail = ok, time.monotonic() - t0, detail
         if ok and action != "unchanged":
             print(f"{name} healthy after {outcome.seconds:.1f} s", file=log, flush=True)
@@ -283,6 +281,14 @@ async def converge(
 
 
 async def _wait_healthy(
+    mgr: UserManager, unit: str, container: str, profile: Profile, name: str, acted: set[str], log: TextIO
+) -> tuple[bool, str]:
+    """Healthy, and (a GPU service) within its GPU memory budget, or why not."""
+    ok, detail = await _wait_probe_ok(mgr, unit, container, profile, name, acted)
+    return gpu_budget.check(profile, name, unit, log) if ok else (ok, detail)
+
+
+async def _wait_probe_ok(
     mgr: UserManager, unit: str, container: str, profile: Profile, name: str, acted: set[str]
 ) -> tuple[bool, str]:
     health = profile.services[name].health
