@@ -7,6 +7,7 @@ a D-Bus call to the user manager, and test binds of the profile's ports (closed 
 
 The environment can point a check elsewhere (tests use this; so can a site with odd paths):
   SPARC_QUADLET             the quadlet binary to look for, instead of /usr/libexec/podman/quadlet ...
+                            (read by host.detect, so `render` and `apply` use the same one)
   SPARC_USER_GENERATOR_DIRS colon-separated systemd user-generator dirs to look for its link in
 """
 
@@ -28,8 +29,8 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, Literal
 
 from sparc_agent.host import process
-from sparc_agent.host.detect import QUADLET_PATHS
-from sparc_agent.render.versions import (
+from sparc_agent.host.detect import HostVersions, Tool, detect
+from sparc_agent.versions import (
     PODMAN_DELETES_ID_FILES,
     PODMAN_VOLUME_CREATE_IGNORE,
     QUADLET_SINCE,
@@ -149,40 +150,25 @@ class Host:
         return self.uid != 0
 
     @cached_property
-    def podman(self) -> tuple[str | None, Version | None, str]:
-        """(path, version, full version text) of podman on PATH."""
-        path = self.which("podman")
-        if path is None:
-            return None, None, ""
-        rc, out, _ = self.run([path, "--version"])
-        text = out.strip().split()[-1] if rc == 0 and out.strip() else ""
-        return path, _version(text), text
+    def versions(self) -> HostVersions:
+        """podman, quadlet, systemd and the distribution: the detection apply and render use too."""
+        return detect(self.env, self.root)
 
-    @cached_property
-    def quadlet(self) -> tuple[str | None, Version | None, str, tuple[str, ...]]:
-        """(path, version, text, the paths looked at) of the quadlet generator binary."""
-        override = self.env.get("SPARC_QUADLET")
-        candidates = (override,) if override else QUADLET_PATHS
-        for candidate in candidates:
-            p = self.path(candidate)
-            if p.is_file() and os.access(p, os.X_OK):
-                rc, out, _ = self.run([str(p), "-version"])
-                text = out.strip().split()[-1] if rc == 0 and out.strip() else ""
-                return candidate, _version(text), text, candidates
-        return None, None, "", candidates
+    @property
+    def podman(self) -> Tool:
+        return self.versions.podman
 
-    @cached_property
-    def systemd(self) -> tuple[int | None, str]:
-        path = self.which("systemctl")
-        if path is None:
-            return None, ""
-        rc, out, _ = self.run([path, "--version"])
-        m = re.search(r"systemd (\d+)(?: \(([^)]*)\))?", out) if rc == 0 else None
-        return (int(m.group(1)), m.group(2) or m.group(1)) if m else (None, "")
+    @property
+    def quadlet(self) -> Tool:
+        return self.versions.quadlet
+
+    @property
+    def systemd(self) -> Tool:
+        return self.versions.systemd
 
     @cached_property
     def podman_info(self) -> dict[str, Any] | None:
-        path = self.podman[0]
+        path = self.podman.path
         if path is None:
             return None
         rc, out, _ = self.run([path, "info", "--format", "json"], timeout=60)
@@ -195,23 +181,22 @@ class Host:
 
     @cached_property
     def local_images(self) -> set[str] | None:
-        path = self.podman[0]
+        path = self.podman.path
         if path is None:
             return None
         rc, out, _ = self.run([path, "images", "--format", "{{.Repository}}:{{.Tag}}"], timeout=60)
         return {line.strip() for line in out.splitlines() if line.strip()} if rc == 0 else None
 
 
-def _version(text: str) -> Version | None:
-    m = re.search(r"(\d+)\.(\d+)", text)
-    return Version(int(m.group(1)), int(m.group(2))) if m else None
-
-
 # ---------------------------------------------------------------- the checks
 
 
+def check_os(host: Host) -> Check:
+    return ok("os", host.versions.distro or "unknown distribution (no os-release file)")
+
+
 def check_podman(host: Host) -> Check:
-    path, version, text = host.podman
+    path, version, text = host.podman.path, host.podman.version, host.podman.text
     if path is None:
         return fail(
             "podman",
@@ -238,8 +223,9 @@ def check_podman(host: Host) -> Check:
 
 
 def check_quadlet(host: Host) -> Check:
-    path, version, text, looked = host.quadlet
-    podman_version = host.podman[1]
+    path, version, text = host.quadlet.path, host.quadlet.version, host.quadlet.text
+    looked = host.versions.quadlet_looked
+    podman_version = host.podman.version
     if path is None:
         return fail(
             "quadlet",
@@ -282,11 +268,12 @@ def check_quadlet(host: Host) -> Check:
 
 
 def check_systemd(host: Host) -> Check:
-    version, text = host.systemd
-    if version is None:
+    found, text = host.systemd.version, host.systemd.text
+    if found is None:
         return fail(
             "systemd", "systemctl not found (or printed no version)", "sparc-agent needs systemd >= 247"
         )
+    version = found.major
     note = (
         "restart backoff grows natively (RestartSteps=)"
         if version >= SYSTEMD_RESTART_STEPS
@@ -614,7 +601,7 @@ def port_in_use(address: str, port: int, protocol: str) -> str | None:
 
 
 def _stack_running(host: Host, stack: str) -> bool:
-    path = host.podman[0]
+    path = host.podman.path
     if path is None:
         return False
     label = f"label=io.sparc-agent.stack={stack}"
@@ -733,6 +720,7 @@ def _normal(image: str) -> str:
 
 
 BASIC: tuple[Callable[[Host], Check], ...] = (
+    check_os,
     check_podman,
     check_quadlet,
     check_systemd,

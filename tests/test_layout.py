@@ -31,6 +31,7 @@ REQUIRED_RULES = {
     "render": {"host", "state", "apply", "agent"},
     "probes": {"apply", "agent"},
     "agent": {"pydantic", "jinja2"},
+    "host": {"profile", "render"},
 }
 
 _OS_SPAWNERS = re.compile(r"^(exec[lv]p?e?|spawn[lv]p?e?|posix_spawnp?|fork|forkpty|system|popen)$")

@@ -50,9 +50,10 @@ from sparc_agent.agent.supervisor import (
 )
 from sparc_agent.errors import ManagerDisconnected, NoUserManager, SparcError
 from sparc_agent.host.process import spawn
-from sparc_agent.host.systemd import UnitState, UserManager, systemd_major
+from sparc_agent.host.systemd import UnitState, UserManager
 from sparc_agent.state.files import write_atomic
 from sparc_agent.state.paths import Paths
+from sparc_agent.versions import SYSTEMD_RESTART_STEPS
 
 STATE_FILE: Final = "agent-state.json"
 START_EXTEND_S: Final = 30.0  # while applying at start, ask for 3x this more start-up time, this often
@@ -61,9 +62,7 @@ RESYNC_S: Final = 60.0  # re-read every unit over D-Bus, in case a signal was mi
 KILL_AFTER_S: Final = 2.0  # a restart whose stop takes longer gets SIGKILL: an unhealthy service may be hung
 RECONNECT_MAX_S: Final = 5.0
 STATE_WRITE_MIN_S: Final = 0.2  # coalesce state-file writes
-HEARTBEAT_S: Final = 10.0
-# render.versions.SYSTEMD_RESTART_STEPS, not imported: sparc_agent.render pulls in jinja2 and pydantic
-SYSTEMD_RESTART_STEPS: Final = 254  # rewrite the state file this often even without changes (fresh `updated`)
+HEARTBEAT_S: Final = 10.0  # rewrite the state file this often even without changes (fresh `updated`)
 
 # an observer of the machines: (stack, event); see supervisor.Event for the events and their fields
 Listener = Callable[[str, Event], None]
@@ -506,7 +505,7 @@ class Agent:
     async def _connected(self, mgr: UserManager) -> None:
         """Sessions on one connection: each ends with a reload, a new generation or stack, or the end."""
         with contextlib.suppress(SparcError):
-            self._grows_delay = systemd_major(await mgr.version()) >= SYSTEMD_RESTART_STEPS
+            self._grows_delay = (await mgr.release()).major >= SYSTEMD_RESTART_STEPS
         restarted = await self._new_instance(mgr)
         while not self._stop.is_set() and mgr.connected:
             if self._reload.is_set():

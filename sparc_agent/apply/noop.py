@@ -14,18 +14,16 @@ import asyncio
 import hashlib
 import json
 import os
-import shutil
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from sparc_agent import __version__
+from sparc_agent.host.detect import binaries
 from sparc_agent.probes import ProbeOutcome, run_probe
 from sparc_agent.probes.kinds import spec_from_fields
 from sparc_agent.state.paths import Paths
-
-KEY_BINARIES = ("podman", "/usr/libexec/podman/quadlet", "/usr/lib/podman/quadlet", "systemctl")
 
 
 def input_key(profile: str, overlays: Sequence[str], sets: Sequence[str]) -> str | None:
@@ -38,11 +36,9 @@ def input_key(profile: str, overlays: Sequence[str], sets: Sequence[str]) -> str
         return None
     for expr in sets:
         digest.update(b"\0set\0" + expr.encode())
-    for name in KEY_BINARIES:  # an upgraded podman or systemd may render differently
-        found = shutil.which(name)
-        if found:
-            st = os.stat(found)
-            digest.update(f"\0bin\0{found}\0{st.st_size}\0{st.st_mtime_ns}".encode())
+    for found in binaries():  # an upgraded podman or systemd may render differently
+        st = os.stat(found)
+        digest.update(f"\0bin\0{found}\0{st.st_size}\0{st.st_mtime_ns}".encode())
     return digest.hexdigest()
 
 

@@ -1,6 +1,8 @@
-"""The host: the processes sparc-agent spawns (podman, the quadlet generator, systemctl), what
-versions of podman, quadlet and systemd it runs, and systemd's user manager over D-Bus.
+"""The host: the processes sparc-agent spawns (`process`: podman, the quadlet generator, systemctl,
+journalctl), what versions of podman, quadlet, systemd and which distribution it runs (`detect`, the
+one detection), and systemd's user manager over D-Bus (`systemd`).
 
-Owns: every subprocess and the only D-Bus connection (`host.systemd` is the only module that
-imports dbus-fast). Never imports the profile model or the renderer.
+Owns: every subprocess (only `host.process` starts one) and the only D-Bus connection (`host.systemd`
+is the only module that imports dbus-fast). Version types and feature tables are `sparc_agent.versions`.
+Never imports: profile, render, state, apply, agent, probes, export, cli, doctor.
 """

@@ -19,7 +19,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import os
-import re
 from collections import deque
 from collections.abc import AsyncIterator, Callable, Iterable, Sequence
 from dataclasses import dataclass
@@ -40,6 +39,7 @@ from sparc_agent.errors import (
     UnitLoadError,
     UnitNotFound,
 )
+from sparc_agent.versions import Version
 
 __all__ = [
     "MAX_IN_FLIGHT",
@@ -197,12 +197,6 @@ def _is_service(unit: str) -> bool:
 
 def _unwrap(props: dict[str, Any]) -> dict[str, Any]:
     return {k: v.value for k, v in props.items()}
-
-
-def systemd_major(version: str) -> int:
-    """252 from "252.38-1~deb12u1" or "systemd 257 (257.4-1)"; 0 if unparsable."""
-    m = re.search(r"\d+", version)
-    return int(m.group()) if m else 0
 
 
 # ---------------------------------------------------------------- errors
@@ -495,8 +489,12 @@ class UserManager:
         await self._call(MANAGER_PATH, MANAGER_IFACE, "Reload", timeout=timeout)
 
     async def version(self) -> str:
-        """The manager's Version property, e.g. "252.38-1~deb12u1" (see `systemd_major`)."""
+        """The manager's Version property, e.g. "252.38-1~deb12u1" (see `release`)."""
         return str(await self._get_property(MANAGER_PATH, MANAGER_IFACE, "Version"))
+
+    async def release(self) -> Version:
+        """The manager's version: 252.38 from "252.38-1~deb12u1"; 0.0 if unparsable."""
+        return Version.find(await self.version()) or Version(0)
 
     async def system_state(self) -> str:
         """initializing, starting, running, degraded, maintenance, stopping."""

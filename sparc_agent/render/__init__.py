@@ -20,7 +20,7 @@ from sparc_agent.errors import InvalidInput
 from sparc_agent.profile.model import Mount, Profile, Service
 from sparc_agent.profile.rules import start_order
 from sparc_agent.render.escape import unit_path, unit_value, unit_word, unit_words
-from sparc_agent.render.versions import (
+from sparc_agent.versions import (
     PODMAN_DELETES_ID_FILES,
     PODMAN_VOLUME_CREATE_IGNORE,
     SYSTEMD_RESTART_STEPS,

@@ -1,4 +1,8 @@
-"""Which podman/quadlet/systemd the files are rendered for, and what each allows.
+"""Versions of podman, quadlet and systemd: the one `Version` type and parser, what each version
+allows, and the `Target` the files are rendered for.
+
+Pure: no processes, no I/O, nothing of sparc_agent imported, so that render (which must never spawn),
+host detection, doctor and the agent all share it. `host.detect` finds what a machine runs.
 
 Quadlet keys arrive with podman releases (podlet keeps the same table); where
 a key is too new, the renderer falls back to the `podman run` flag through
@@ -11,6 +15,8 @@ import re
 from dataclasses import dataclass
 from functools import total_ordering
 
+_VERSION = re.compile(r"\bv?(\d+)(?:\.(\d+))?")
+
 
 @total_ordering
 @dataclass(frozen=True)
@@ -20,9 +26,21 @@ class Version:
 
     @classmethod
     def parse(cls, text: str) -> Version:
-        m = re.match(r"\s*v?(\d+)(?:\.(\d+))?", text)
+        """A version a user wrote (`5.4`, `v4.3.1`, `252`): it must start the text."""
+        m = _VERSION.match(text.strip())
         if not m:
             raise ValueError(f"not a version: {text!r} (allowed: X.Y, e.g. 4.4 or 5.4)")
+        return cls._of(m)
+
+    @classmethod
+    def find(cls, text: str) -> Version | None:
+        """The first version in a tool's output: "podman version 4.3.1" -> 4.3, "systemd 252 (252.38-1)"
+        and the bus's "252.38-1~deb12u1" -> 252.x; None when there is none."""
+        m = _VERSION.search(text)
+        return cls._of(m) if m else None
+
+    @classmethod
+    def _of(cls, m: re.Match[str]) -> Version:
         return cls(int(m.group(1)), int(m.group(2) or 0))
 
     def __lt__(self, other: object) -> bool:
