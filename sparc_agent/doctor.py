@@ -30,6 +30,7 @@ from typing import TYPE_CHECKING, Any, Literal
 
 from sparc_agent.host import process
 from sparc_agent.host.detect import HostVersions, Tool, detect
+from sparc_agent.profile.names import LABEL_STACK
 from sparc_agent.versions import (
     PODMAN_DELETES_ID_FILES,
     PODMAN_VOLUME_CREATE_IGNORE,
@@ -604,7 +605,7 @@ def _stack_running(host: Host, stack: str) -> bool:
     path = host.podman.path
     if path is None:
         return False
-    label = f"label=io.sparc-agent.stack={stack}"
+    label = f"label={LABEL_STACK}={stack}"
     rc, out, _ = host.run([path, "ps", "-q", "--filter", label, "--filter", "status=running"])
     return rc == 0 and bool(out.strip())
 

@@ -163,10 +163,8 @@ def services_to_restart(
         return set(profile.services)  # a new pod means new containers, all of them
     restart = set()
     for name, svc in profile.services.items():
-        container_file = f"{QUADLET_DIR}/{names.container(name)}.container"
-        volume_files = {
-            f"{QUADLET_DIR}/{names.volume(m.source)}.volume" for m in svc.volumes if m.is_named_volume
-        }
+        container_file = names.container_file(name)
+        volume_files = {names.volume_file(m.source) for m in svc.volumes if m.is_named_volume}
         if (
             container_file in changes.existed
             or volume_files & changes.existed
@@ -177,7 +175,7 @@ def services_to_restart(
 
 
 def _pod_files(profile: Profile, names: Names) -> set[str]:
-    return {f"{QUADLET_DIR}/{profile.name}.pod", f"{UNIT_DIR}/{names.pod_unit}"}
+    return {names.pod_quadlet, names.pod_unit_file}
 
 
 async def converge(

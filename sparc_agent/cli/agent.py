@@ -53,10 +53,13 @@ def run(profiles: tuple[str, ...], config_dir: str | None, no_apply: bool, log_f
 def journal_matches(stack: str, service: str | None, services: list[str]) -> list[str]:
     """journalctl match arguments: the agent's events about the stack (or one service) OR the container
     units' own output. Fields of one name are ORed, different names ANDed, `+` separates alternatives."""
-    agent = ["_SYSTEMD_USER_UNIT=sparc-agent.service", f"SPARC_STACK={stack}"]
+    from sparc_agent.profile.names import AGENT_UNIT, Names
+
+    names = Names(stack)
+    agent = [f"_SYSTEMD_USER_UNIT={AGENT_UNIT}", f"SPARC_STACK={stack}"]
     if service is not None:
-        return [*agent, f"SPARC_SERVICE={service}", "+", f"_SYSTEMD_USER_UNIT={stack}-{service}.service"]
-    units = [f"_SYSTEMD_USER_UNIT={stack}-{name}.service" for name in services]
+        return [*agent, f"SPARC_SERVICE={service}", "+", f"_SYSTEMD_USER_UNIT={names.service_unit(service)}"]
+    units = [f"_SYSTEMD_USER_UNIT={names.service_unit(name)}" for name in services]
     out = list(agent)
     for unit in units:
         out += ["+", unit]

@@ -42,7 +42,7 @@ def render(
     profile: str, overlays: tuple[str, ...], sets: tuple[str, ...], out: str, podman_version: str | None
 ) -> None:
     """Write the quadlet files and user units for PROFILE (paths relative to $XDG_CONFIG_HOME)."""
-    from sparc_agent.render import Target, render_agent_unit
+    from sparc_agent.render import AGENT_UNIT, UNIT_DIR, Target, render_agent_unit
     from sparc_agent.render import render as render_files
     from sparc_agent.state.files import write_atomic
 
@@ -57,7 +57,7 @@ def render(
 
         target = detect().target()
     files = render_files(loaded.profile, target)
-    files["systemd/user/sparc-agent.service"] = render_agent_unit()
+    files[f"{UNIT_DIR}/{AGENT_UNIT}"] = render_agent_unit()
     if out == "-":
         for path, text in files.items():
             click.echo(f"# --- {path}\n{text}", nl=False)

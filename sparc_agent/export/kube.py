@@ -23,6 +23,7 @@ from sparc_agent.profile.model import (
     Profile,
     Service,
 )
+from sparc_agent.profile.names import Names
 from sparc_agent.profile.rules import start_order
 
 SECRET_KEY = "value"
@@ -161,7 +162,7 @@ def _resources(name: str, svc: Service, notes: list[str]) -> dict[str, Any]:
 def _env(profile: Profile, svc: Service) -> list[dict[str, Any]]:
     env: list[dict[str, Any]] = [{"name": k, "value": k8s_literal(v)} for k, v in svc.env.items()]
     for var, secret in svc.secrets.items():
-        ref = {"name": f"{profile.name}-{secret}", "key": SECRET_KEY}
+        ref = {"name": Names(profile.name).secret(secret), "key": SECRET_KEY}
         env.append({"name": var, "valueFrom": {"secretKeyRef": ref}})
     return env
 
@@ -177,7 +178,7 @@ class _Volumes:
     def mount(self, name: str, m: Mount, notes: list[str]) -> dict[str, Any]:
         if m.is_named_volume:
             vol = m.source
-            claim = {"claimName": f"{self.profile.name}-{m.source}"}
+            claim = {"claimName": Names(self.profile.name).volume(m.source)}
             self.pod.setdefault(vol, {"name": vol, "persistentVolumeClaim": claim})
         else:
             path = os.path.expanduser(m.source)
@@ -327,7 +328,7 @@ def _pvc_docs(profile: Profile) -> list[_Doc]:
         body = {
             "apiVersion": "v1",
             "kind": "PersistentVolumeClaim",
-            "metadata": {"name": f"{profile.name}-{name}", "labels": {PART_OF: profile.name}},
+            "metadata": {"name": Names(profile.name).volume(name), "labels": {PART_OF: profile.name}},
             "spec": {"accessModes": ["ReadWriteOnce"], "resources": {"requests": {"storage": PVC_SIZE}}},
         }
         docs.append(_Doc(body, notes))
@@ -360,7 +361,7 @@ def _service_docs(profile: Profile, service_type: ServiceType) -> list[_Doc]:
         notes = [
             "ports the profile publishes on loopback only: reachable inside the cluster, not from outside"
         ]
-        docs.append(_Doc(_service(profile, f"{profile.name}-local", "ClusterIP", local), notes))
+        docs.append(_Doc(_service(profile, Names(profile.name).local_service, "ClusterIP", local), notes))
     return docs
 
 
@@ -380,7 +381,7 @@ def _secret_help(profile: Profile) -> list[str]:
         "Secrets are referenced, never included. Create them before applying this file:",
     ]
     for name, decl in profile.secrets.items():
-        obj = f"{profile.name}-{name}"
+        obj = Names(profile.name).secret(name)
         if decl.file is not None:
             src = sh_path(decl.file)
             lines.append(f"  kubectl create secret generic {obj} --from-file={SECRET_KEY}={src}")

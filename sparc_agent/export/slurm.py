@@ -24,6 +24,7 @@ from sparc_agent.profile.model import (
     Service,
     parse_memory,
 )
+from sparc_agent.profile.names import Names
 from sparc_agent.profile.rules import start_order
 
 Runtime = Literal["apptainer", "podman"]
@@ -213,7 +214,7 @@ def _start(profile: Profile, name: str, svc: Service, runtime: Runtime, notes: l
         args += [f"--env {sh_quote(f'{k}={v}')}" for k, v in svc.env.items()]
         args += [f"--env {var}" for var in svc.secrets]  # value from podman's own environment
         for m in svc.volumes:
-            src = sh_quote(f"{profile.name}-{m.source}") if m.is_named_volume else sh_path(m.source)
+            src = sh_quote(Names(profile.name).volume(m.source)) if m.is_named_volume else sh_path(m.source)
             opts = f":{','.join(m.options)}" if m.options else ""
             args.append(f"-v {src}:{sh_quote(m.target + opts)}")
         args.append(sh_quote(svc.image))

@@ -1,8 +1,8 @@
 """The profile contract (shared/profile-spec.md) as frozen pydantic models.
 
 Field-level rules live here as annotated types; rules that relate fields to
-each other (secrets declared, probe ports published, dependency cycles) live in
-`checks.py`, so that each error can name the exact key it is about.
+each other (secrets declared, probe ports published, dependency cycles, names that collide) live
+in `rules.py`, so that each error can name the exact key it is about.
 """
 
 from __future__ import annotations
@@ -22,7 +22,8 @@ from sparc_agent.profile.scalars import describe as _describe
 from sparc_agent.profile.scalars import no_control as _no_control
 from sparc_agent.profile.scalars import text as _text
 
-SLUG = re.compile(r"[a-z][a-z0-9-]*")
+from sparc_agent.profile import names
+
 ENV_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
 
 # distribution/reference grammar, simplified: [domain[:port]/]path[:tag][@digest]
@@ -51,19 +52,17 @@ class Frozen(BaseModel):
 def _slug(max_len: int, what: str) -> Any:
     def check(value: Any) -> str:
         text = _text(value)
-        if not SLUG.fullmatch(text) or len(text) > max_len or text.endswith("-"):
-            raise ValueError(
-                f"invalid {what} {text!r} (allowed: a lowercase letter, then lowercase letters, digits"
-                f" and '-', not ending in '-', at most {max_len} characters)"
-            )
+        problem = names.name_problem(text, what, max_len)
+        if problem:
+            raise ValueError(problem)
         return text
 
     return BeforeValidator(check)
 
 
-StackName = Annotated[str, _slug(40, "stack name")]
-ServiceName = Annotated[str, _slug(30, "service name")]
-ObjectName = Annotated[str, _slug(40, "name")]
+StackName = Annotated[str, _slug(names.MAX_STACK, "stack name")]
+ServiceName = Annotated[str, _slug(names.MAX_SERVICE, "service name")]
+ObjectName = Annotated[str, _slug(names.MAX_OBJECT, "name")]
 
 
 def _env_name(value: Any) -> str:
@@ -259,7 +258,7 @@ class Mount:
             raise ValueError(f"invalid volume {text!r} {allowed}")
         src, dst = parts[0], parts[1]
         if not src.startswith(("/", "~")):
-            if not SLUG.fullmatch(src):
+            if not names.SLUG.fullmatch(src):
                 raise ValueError(f"invalid volume name {src!r} {allowed}")
         else:
             src = _host_path(src)

@@ -6,6 +6,7 @@ from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
 
 from sparc_agent.probes.kinds import KINDS
+from sparc_agent.profile import names
 from sparc_agent.profile.model import Profile
 from sparc_agent.profile.source import Path
 
@@ -25,6 +26,8 @@ def errors(profile: Profile) -> Iterator[Finding]:
     yield from _gpu_budget_owners(profile)
     if isinstance(profile.gpu.memory, int):
         yield from gpu_budgets(profile, profile.gpu.memory, "gpu.memory")
+    for key, why in names.collisions(profile.name, profile.services, profile.volumes):
+        yield Finding(key, why)
 
 
 def warnings(profile: Profile) -> Iterator[Finding]:
