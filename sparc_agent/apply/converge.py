@@ -22,6 +22,7 @@ from typing import TextIO
 
 from sparc_agent.agent.supervisor import plan_from_profile
 from sparc_agent.apply import gpu_budget
+from sparc_agent.apply.claims import refuse_foreign_units
 from sparc_agent.errors import EnvironmentProblem, SparcError
 from sparc_agent.host import podman
 from sparc_agent.host.detect import detect
@@ -382,6 +383,7 @@ async def apply_async(loaded: LoadedProfile, options: ApplyOptions, log: TextIO)
         if commit.recover(store.journal, paths.config_home):
             print("finished the file writes of an interrupted apply", file=log, flush=True)
         async with await UserManager.connect() as mgr:
+            await refuse_foreign_units(mgr, profile.name, changes.writes)
             report.pulled = await podman.pull_missing((s.image for s in profile.services.values()), log)
             current = store.current()
             fingerprints, secret_values, absent = _secret_updates(profile, store, current)
