@@ -17,12 +17,11 @@ from typing import TYPE_CHECKING, Annotated, Any, Literal, get_type_hints
 from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, create_model, model_validator
 
 from sparc_agent.probes.kinds import COMMON_FIELDS, KINDS, Kind, spec_from_fields
+from sparc_agent.profile import names
 from sparc_agent.profile.scalars import argv as _argv
 from sparc_agent.profile.scalars import describe as _describe
 from sparc_agent.profile.scalars import no_control as _no_control
 from sparc_agent.profile.scalars import text as _text
-
-from sparc_agent.profile import names
 
 ENV_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
 
