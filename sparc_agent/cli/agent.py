@@ -10,7 +10,7 @@ from typing import Any, TypeVar
 
 import click
 
-from sparc_agent.cli.common import reports_errors
+from sparc_agent.cli.common import reports_errors, stack_argument
 from sparc_agent.errors import EnvironmentProblem, InvalidInput
 
 F = TypeVar("F", bound=Callable[..., Any])
@@ -67,7 +67,7 @@ def journal_matches(stack: str, service: str | None, services: list[str]) -> lis
 
 
 @click.command()
-@click.argument("name")
+@stack_argument
 @click.argument("service", required=False)
 @click.option("-f", "--follow", is_flag=True, help="Keep printing new entries.")
 @click.option("-n", "--lines", default=None, metavar="N", help="Show the last N entries.")
@@ -102,7 +102,7 @@ def logs(
 
 
 @click.command()
-@click.argument("name")
+@stack_argument
 @click.argument("service")
 @reports_errors
 def restart(name: str, service: str) -> None:

@@ -31,6 +31,20 @@ def reports_errors(func: F) -> F:
     return wrapper  # type: ignore[return-value]
 
 
+def stack_name(ctx: click.Context, param: click.Parameter, value: str) -> str:
+    """NAME of an applied stack follows the profile's name rules, so that no `../` reaches a path."""
+    from sparc_agent.profile.names import MAX_STACK, name_problem
+
+    problem = name_problem(value, "stack name", MAX_STACK)
+    if problem:
+        raise click.BadParameter(problem, ctx, param)  # a usage error: exit 2
+    return value
+
+
+def stack_argument(func: F) -> F:
+    return click.argument("name", callback=stack_name)(func)
+
+
 def profile_options(func: F) -> F:
     """PROFILE, -f OVERLAY..., --set KEY=VALUE...: the inputs of every command that reads a profile."""
     func = click.option(

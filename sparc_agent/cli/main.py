@@ -8,7 +8,7 @@ from pathlib import Path
 import click
 
 from sparc_agent import __version__
-from sparc_agent.cli.common import load_profile_or_exit, profile_options, reports_errors
+from sparc_agent.cli.common import load_profile_or_exit, profile_options, reports_errors, stack_argument
 from sparc_agent.errors import InvalidInput, SparcError
 
 
@@ -138,7 +138,7 @@ def diff(profile: str, overlays: tuple[str, ...], sets: tuple[str, ...]) -> None
 
 
 @main.command()
-@click.argument("name")
+@stack_argument
 @click.option("--json", "as_json", is_flag=True, help="Machine-readable output.")
 @reports_errors
 def status(name: str, as_json: bool) -> None:
@@ -153,7 +153,7 @@ def status(name: str, as_json: bool) -> None:
 
 
 @main.command()
-@click.argument("name")
+@stack_argument
 @click.option("--purge", is_flag=True, help="Also remove the stack's unit files and podman secrets.")
 @reports_errors
 def down(name: str, purge: bool) -> None:
