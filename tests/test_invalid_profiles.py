@@ -304,6 +304,42 @@ CASES: list[tuple[str, str, str, str]] = [
     ("duplicate-key", svc("    image: localhost/other:1  #!\n"), "services.web.image", "duplicate key"),
     ("not-a-mapping", "- just  #!\n- a list\n", "(document)", "mapping"),
     ("no-services", HEAD + "services: {}  #!\n", "services", "empty"),
+    # input messages (issue 12 item 8): the tag and its line, "empty", the item's own key path
+    (
+        "yaml-python-object",
+        svc("    env: !!python/object:os.system {A: 1}  #!\n"),
+        "services.web.env",
+        "unknown YAML tag !!python/object:os.system",
+    ),
+    (
+        "yaml-python-apply",
+        HEAD + "services: !!python/object/apply:os.system [ls]  #!\n",
+        "services",
+        "unknown YAML tag !!python/object/apply:os.system",
+    ),
+    ("yaml-local-tag", svc("    command: !mine x  #!\n"), "services.web.command", "unknown YAML tag !mine"),
+    ("empty-file", "", "(document)", "the profile is empty"),
+    ("only-a-comment", "# nothing here yet  #!\n", "(document)", "the profile is empty"),
+    ("command-item", svc("    command: [sh, [x]]  #!\n"), "services.web.command[1]", "word 1 is a list"),
+    (
+        "command-item-block",
+        svc("    command:\n      - sh\n      - -c\n      - {x: 1}  #!\n"),
+        "services.web.command[2]",
+        "word 2 is a mapping",
+    ),
+    ("gpus-item", svc("    gpus: [0, {a: 1}]  #!\n"), "services.web.gpus[1]", "invalid GPU id"),
+    (
+        "depends-on-item",
+        svc("    depends_on: [a, [b]]  #!\n"),
+        "services.web.depends_on[1]",
+        "a service name",
+    ),
+    (
+        "probe-port-bound",
+        svc("    health: {http: {port: 99999}}  #!\n"),
+        "services.web.health.http.port",
+        "at most",
+    ),
 ]
 
 BOMB = "a: &a [x,x,x,x,x,x,x,x,x,x]\n" + "".join(
@@ -351,6 +387,14 @@ def test_invalid_profile_is_refused_and_nothing_written(
 
 def test_at_least_thirty_hostile_cases() -> None:
     assert len(CASES) + len(EXTRA) >= 30
+
+
+def test_non_utf8_profile_names_file_line_and_byte(tmp_path: Path) -> None:
+    profile = tmp_path / "profile.yaml"
+    profile.write_bytes(b'apiVersion: sparc-agent/v1\nname: demo\nservices:\n  web: {image: "\xff"}\n')
+    result = CliRunner().invoke(main, ["validate", str(profile)])
+    assert result.exit_code == 2
+    assert result.output.startswith(f"{profile}:4: (document): not UTF-8 (byte 64: 0xff)"), result.output
 
 
 def test_bad_set_override_names_the_flag(tmp_path: Path) -> None:

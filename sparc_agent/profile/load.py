@@ -23,6 +23,7 @@ from sparc_agent.errors import InvalidInput
 from sparc_agent.profile import rules as checks
 from sparc_agent.profile.layers import merge, parse_set
 from sparc_agent.profile.model import Profile
+from sparc_agent.profile.scalars import ItemError
 from sparc_agent.profile.source import Location, Path, SourceMap, YamlError, load_yaml
 
 MAX_PROFILE_BYTES = 1 << 20
@@ -82,6 +83,10 @@ def load_profile(path: str, overlays: Sequence[str] = (), sets: Sequence[str] = 
             doc = merge(doc, smap, top, top_map)
     except YamlError as exc:
         raise ProfileInvalid([Problem(exc.location, exc.path, exc.message)]) from None
+    if doc is None:
+        raise ProfileInvalid(
+            [Problem(smap.locate(()), (), "the profile is empty (expected apiVersion, name and services)")]
+        )
     if not isinstance(doc, dict):
         raise ProfileInvalid([Problem(smap.locate(()), (), "a profile must be a mapping of keys")])
     try:
@@ -115,7 +120,10 @@ def _read(path: str) -> tuple[Any, SourceMap]:
     try:
         text = raw.decode("utf-8")
     except UnicodeDecodeError as exc:
-        raise YamlError(Location(path, None), (), f"not UTF-8 (byte {exc.start})") from None
+        line = raw.count(b"\n", 0, exc.start) + 1
+        raise YamlError(
+            Location(path, line), (), f"not UTF-8 (byte {exc.start}: {raw[exc.start]:#04x})"
+        ) from None
     return load_yaml(text, path)
 
 
@@ -136,6 +144,12 @@ _PLAIN = {
     "float_parsing": "expected a number",
     "too_short": "must not be empty",
 }
+_BOUNDS = {
+    "less_than_equal": "at most",
+    "less_than": "less than",
+    "greater_than_equal": "at least",
+    "greater_than": "greater than",
+}
 
 
 def _translate(exc: pydantic.ValidationError, smap: SourceMap) -> list[Problem]:
@@ -143,6 +157,9 @@ def _translate(exc: pydantic.ValidationError, smap: SourceMap) -> list[Problem]:
     seen: set[Path] = set()
     for err in exc.errors(include_url=False):
         path = _clean_loc(err["loc"])
+        item = err.get("ctx", {}).get("error")
+        if isinstance(item, ItemError):  # the validator named the item at fault, below its own key
+            path = (*path, item.key)
         if path in seen:  # one message per key is enough
             continue
         seen.add(path)
@@ -156,6 +173,8 @@ def _translate(exc: pydantic.ValidationError, smap: SourceMap) -> list[Problem]:
             message = f"invalid value (allowed: {expected.replace(chr(39), '')})"
         elif etype in _PLAIN:
             message = _PLAIN[etype]
+        elif etype in _BOUNDS:
+            message = f"must be {_BOUNDS[etype]} {next(iter(err.get('ctx', {}).values()), '')}"
         else:
             message = str(err["msg"])
         hint = smap.surprises.get(path)

@@ -18,6 +18,7 @@ from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, create_model
 
 from sparc_agent.probes.kinds import COMMON_FIELDS, KINDS, Kind, spec_from_fields
 from sparc_agent.profile import names
+from sparc_agent.profile.scalars import ItemError
 from sparc_agent.profile.scalars import argv as _argv
 from sparc_agent.profile.scalars import describe as _describe
 from sparc_agent.profile.scalars import no_control as _no_control
@@ -383,9 +384,11 @@ def _gpus(value: Any) -> str | int | tuple[str, ...]:
             raise ValueError(f"GPU count must be at least 1 {allowed}")
         return value
     if isinstance(value, list) and value:
-        ids = tuple(str(v) for v in value if isinstance(v, int | str) and not isinstance(v, bool))
-        if len(ids) == len(value) and all(re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9_.:-]*", i) for i in ids):
-            return ids
+        for i, item in enumerate(value):
+            valid = isinstance(item, int | str) and not isinstance(item, bool)
+            if not valid or not re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9_.:-]*", str(item)):
+                raise ItemError(i, f"invalid GPU id {item!r} {allowed}")
+        return tuple(str(v) for v in value)
     raise ValueError(f"invalid gpus {value!r} {allowed}")
 
 
@@ -401,6 +404,9 @@ def _env_value(value: Any) -> str:
 
 def _depends_on(value: Any) -> Any:
     if isinstance(value, list):  # compose's short form: every dependency just `started`
+        for i, name in enumerate(value):
+            if not isinstance(name, str):
+                raise ItemError(i, f"expected a service name, got {_describe(name)}")
         return {name: "started" for name in value}
     return value
 

@@ -14,6 +14,15 @@ from typing import Any
 CONTROL = re.compile(r"[\x00-\x08\x0a-\x1f\x7f]")
 
 
+class ItemError(ValueError):
+    """A problem with one item of a list (or key of a mapping): the error names the item's own key
+    path (`services.web.command[1]`), not its parent's."""
+
+    def __init__(self, key: int | str, message: str) -> None:
+        super().__init__(message)
+        self.key = key
+
+
 def no_control(value: str) -> str:
     if CONTROL.search(value):
         raise ValueError("contains a control character such as a newline or NUL (not allowed in unit files)")
@@ -78,11 +87,18 @@ def argv(value: Any) -> tuple[str, ...]:
         raise ValueError(f"expected a list of strings or a string, got {describe(value)}")
     if not items:
         raise ValueError("command is empty (allowed: at least one word)")
+    # a list's words are the profile's own items: name them; a string's words exist only after splitting
+    listed = isinstance(value, list | tuple)
+
+    def fail(i: int, message: str) -> ValueError:
+        return ItemError(i, message) if listed else ValueError(message)
+
     for i, item in enumerate(items):
         if isinstance(item, bool) or not isinstance(item, str | int | float):
-            raise ValueError(f"word {i} is {describe(item)} (allowed: strings)")
-        no_control(str(item))
+            raise fail(i, f"word {i} is {describe(item)} (allowed: strings)")
+        if CONTROL.search(str(item)):
+            raise fail(i, f"word {i} contains a control character such as a newline or NUL")
         if re.fullmatch(r"\\*;", str(item)):
             # systemd splits ExecStart= at a lone ';' and quadlet drops the command: no quoting helps
-            raise ValueError(f"word {i} is a lone {item!r}, which systemd reads as a command separator")
+            raise fail(i, f"word {i} is a lone {item!r}, which systemd reads as a command separator")
     return tuple(str(item) for item in items)

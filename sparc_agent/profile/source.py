@@ -33,6 +33,9 @@ _INT_TAG = "tag:yaml.org,2002:int"
 _STR_TAG = "tag:yaml.org,2002:str"
 _BOOL_TAG = "tag:yaml.org,2002:bool"
 _MERGE_TAG = "tag:yaml.org,2002:merge"
+_YAML_TAG = "tag:yaml.org,2002:"
+# explicit tags a profile may carry (`!!str 8000`); any other (`!!python/object`, `!foo`) is refused
+_PLAIN_TAGS = {"!", *(f"{_YAML_TAG}{t}" for t in ("str", "int", "float", "bool", "null", "map", "seq"))}
 
 
 @dataclass(frozen=True)
@@ -179,6 +182,7 @@ class _Builder:
     def _start(self, event: yaml.CollectionStartEvent) -> None:
         path = self._child_path(event, is_scalar=False)
         assert path is not None
+        self._check_tag(event, path)
         if len(self.stack) >= MAX_DEPTH:
             raise YamlError(self._loc(event), path, _TOO_DEEP)
         self._count(event, path)
@@ -188,6 +192,7 @@ class _Builder:
 
     def _scalar(self, event: yaml.ScalarEvent) -> None:
         path = self._child_path(event, is_scalar=True)
+        self._check_tag(event, self.stack[-1].path if path is None else path)
         tag = event.tag if event.tag not in (None, "!") else self._resolve(event)
         if path is None:  # a mapping key
             self._key(event, tag)
@@ -195,6 +200,14 @@ class _Builder:
         self._count(event, path)
         self.smap.locations.setdefault(path, self._loc(event))
         self._done(self._construct(event, tag, path), path, event.anchor, 1)
+
+    def _check_tag(self, event: yaml.NodeEvent, path: Path) -> None:
+        tag = getattr(event, "tag", None)
+        if tag is not None and tag not in _PLAIN_TAGS:
+            short = "!!" + tag.removeprefix(_YAML_TAG) if tag.startswith(_YAML_TAG) else tag
+            raise YamlError(
+                self._loc(event), path, f"unknown YAML tag {short} (a profile is plain YAML: no tags)"
+            )
 
     def _resolve(self, event: yaml.ScalarEvent) -> str:
         resolve: Callable[..., str] = self.resolver.resolve  # untyped in types-PyYAML
