@@ -6,6 +6,7 @@ import os
 import shutil
 import subprocess
 import time
+from importlib import resources
 from pathlib import Path
 
 import pytest
@@ -16,7 +17,7 @@ from testhost import free_port, grpc_health, http_get, podman, stun_binding, wai
 
 from sparc_agent.cli.export import export
 from sparc_agent.export.shell import sh_quote
-from sparc_agent.export.slurm import SlurmOptions, export_slurm
+from sparc_agent.export.slurm import SlurmOptions, export_slurm, library
 from sparc_agent.profile.load import load_profile
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -54,6 +55,19 @@ def test_shellcheck_clean(example: str, runtime: str, tmp_path: Path) -> None:
     script.write_text(_export(example, runtime))
     proc = subprocess.run(["shellcheck", "-s", "bash", str(script)], capture_output=True, text=True)
     assert proc.returncode == 0, proc.stdout
+
+
+@pytest.mark.unit
+def test_the_bash_library_is_package_data_and_shellcheck_clean_on_its_own() -> None:
+    if shutil.which("shellcheck") is None:
+        pytest.skip("shellcheck not installed (apt-get install shellcheck)")
+    template = resources.files("sparc_agent.export").joinpath("templates", "slurm-library.sh")
+    with resources.as_file(template) as path:
+        proc = subprocess.run(["shellcheck", "-s", "bash", str(path)], capture_output=True, text=True)
+    assert proc.returncode == 0, proc.stdout
+    assert library().startswith("# ---- sparc-agent job library") and library() in _export(
+        "sparc-avatar", "podman"
+    )
 
 
 @pytest.mark.unit

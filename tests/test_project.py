@@ -69,6 +69,7 @@ def test_wheel_ships_templates_and_every_package(tmp_path: Path) -> None:
     names = zipfile.ZipFile(wheel).namelist()
     for template in [*ROOT.glob("quadlets/*.j2"), *ROOT.glob("units/*.j2")]:
         assert f"sparc_agent/render/templates/{template.parent.name}/{template.name}" in names
+    assert "sparc_agent/export/templates/slurm-library.sh" in names
     for init in (ROOT / "sparc_agent").rglob("__init__.py"):
         assert str(init.relative_to(ROOT)) in names, f"{init.parent} is missing from pyproject's packages"
     # render from the unpacked wheel, outside the checkout: templates come from the package, not the tree

@@ -10,13 +10,15 @@ from __future__ import annotations
 import math
 import re
 from dataclasses import dataclass
+from functools import cache
+from importlib import resources
 from typing import Literal
 
 from sparc_agent.errors import InvalidInput
 from sparc_agent.export import container_port, host_ip, partitions
-from sparc_agent.export.bashlib import LIBRARY
 from sparc_agent.export.shell import sh_path, sh_quote, sh_words
 from sparc_agent.probes import ExecSpec, GrpcSpec, HttpSpec, StunSpec, WebSocketSpec
+from sparc_agent.probes.grpc import encode_request
 from sparc_agent.probes.kinds import KINDS
 from sparc_agent.profile.model import (
     PortSpec,
@@ -47,6 +49,16 @@ class SlurmOptions:
     account: str | None = None
     qos: str | None = None
     output: str | None = None
+
+
+LIBRARY_MARK = "# ---- sparc-agent job library"
+
+
+@cache
+def library() -> str:
+    """The bash library (templates/slurm-library.sh, package data) from its marker line on."""
+    text = resources.files(__package__).joinpath("templates", "slurm-library.sh").read_text(encoding="utf-8")
+    return text[text.index(LIBRARY_MARK) :]
 
 
 def _word(flag: str, value: str, pattern: re.Pattern[str] = _SLURM_WORD) -> str:
@@ -132,19 +144,8 @@ def _job(profile: Profile, o: SlurmOptions) -> _Job:
 
 
 def _grpc_request(service: str) -> str:
-    """grpc frame of HealthCheckRequest{service} as printf %b escapes."""
-    name = service.encode()
-    msg = b""
-    if name:
-        size, varint = len(name), b""
-        while True:
-            byte, size = size & 0x7F, size >> 7
-            varint += bytes([byte | (0x80 if size else 0)])
-            if not size:
-                break
-        msg = b"\x0a" + varint + name
-    frame = b"\x00" + len(msg).to_bytes(4, "big") + msg
-    return "".join(f"\\x{b:02x}" for b in frame)
+    """The probe's gRPC frame (the agent's own encoding) as printf %b escapes."""
+    return "".join(f"\\x{b:02x}" for b in encode_request(service))
 
 
 def _probe(profile: Profile, name: str, svc: Service, runtime: Runtime, notes: list[str]) -> list[str]:
@@ -410,7 +411,7 @@ def export_slurm(profile: Profile, options: SlurmOptions = SlurmOptions(), sourc
         f"SPARC_HEALTH_TIMEOUT=${{SPARC_HEALTH_TIMEOUT:-{HEALTH_TIMEOUT}}}",
         "declare -A SUPERVISORS=() HEALTHY=()",
         "",
-        LIBRARY.rstrip("\n"),
+        library().rstrip("\n"),
         "",
         *setup,
         "",

@@ -23,7 +23,7 @@ from collections import deque
 from collections.abc import AsyncIterator, Callable, Iterable, Sequence
 from dataclasses import dataclass
 from types import TracebackType
-from typing import Any, Final, Self
+from typing import Any, Final, Self, TypedDict, Unpack
 
 from dbus_fast import Message, MessageType
 from dbus_fast.aio import MessageBus
@@ -102,6 +102,14 @@ def default_address() -> str:
 
 
 # ---------------------------------------------------------------- value types
+
+
+class JobOptions(TypedDict, total=False):
+    """How start/stop/restart/try_restart queue a job and wait for it."""
+
+    mode: str  # systemd's job mode: "replace" (the default), "fail", ...
+    raise_on_failure: bool  # a result other than "done" raises JobFailed (default True)
+    timeout: float | None  # seconds to wait for the result (default None: systemd's own timeouts)
 
 
 @dataclass(frozen=True, slots=True)
@@ -529,30 +537,29 @@ class UserManager:
 
     # ------------------------------------------------------------ jobs
 
-    async def start(
-        self, unit: str, mode: str = "replace", *, raise_on_failure: bool = True, timeout: float | None = None
-    ) -> str:
+    async def start(self, unit: str, **job: Unpack[JobOptions]) -> str:
         """Start `unit` and wait for the job's result ("done", or JobFailed)."""
-        return await self._job("start", "StartUnit", unit, mode, raise_on_failure, timeout)
+        return await self._job("start", "StartUnit", unit, **job)
 
-    async def stop(
-        self, unit: str, mode: str = "replace", *, raise_on_failure: bool = True, timeout: float | None = None
-    ) -> str:
-        return await self._job("stop", "StopUnit", unit, mode, raise_on_failure, timeout)
+    async def stop(self, unit: str, **job: Unpack[JobOptions]) -> str:
+        return await self._job("stop", "StopUnit", unit, **job)
 
-    async def restart(
-        self, unit: str, mode: str = "replace", *, raise_on_failure: bool = True, timeout: float | None = None
-    ) -> str:
-        return await self._job("restart", "RestartUnit", unit, mode, raise_on_failure, timeout)
+    async def restart(self, unit: str, **job: Unpack[JobOptions]) -> str:
+        return await self._job("restart", "RestartUnit", unit, **job)
 
-    async def try_restart(
-        self, unit: str, mode: str = "replace", *, raise_on_failure: bool = True, timeout: float | None = None
-    ) -> str:
+    async def try_restart(self, unit: str, **job: Unpack[JobOptions]) -> str:
         """Restart only if running; on an inactive unit the job is a no-op that ends "done"."""
-        return await self._job("try-restart", "TryRestartUnit", unit, mode, raise_on_failure, timeout)
+        return await self._job("try-restart", "TryRestartUnit", unit, **job)
 
     async def _job(
-        self, verb: str, method: str, unit: str, mode: str, raise_on_failure: bool, timeout: float | None
+        self,
+        verb: str,
+        method: str,
+        unit: str,
+        *,
+        mode: str = "replace",
+        raise_on_failure: bool = True,
+        timeout: float | None = None,
     ) -> str:
         job: str | None = None
         self._jobs.begin()

@@ -1,10 +1,12 @@
-"""The bash functions every exported SLURM script carries (probes, supervisor, trap), as one text.
-
-Kept as a Python string so that it ships inside the package without package-data; shellcheck sees it
-in every generated script (tests/test_export_slurm.py).
-"""
-
-LIBRARY = r"""# ---- sparc-agent job library (the same in every exported script) ----
+#!/bin/bash
+# shellcheck disable=SC2016 # '$1' in bash -c '...' is the child shell's argument
+#
+# The bash every exported SLURM script carries: probes, the per-service supervisor, the cleanup trap.
+# `sparc-agent export slurm` pastes it into the script from the "job library" marker on; this file is
+# package data, and tests/test_export_slurm.py runs shellcheck on it alone and on every script.
+# What it uses from the script around it: SPARC_RUN, SPARC_HEALTH_TIMEOUT, the SUPERVISORS and HEALTHY
+# arrays, runtime_running/runtime_stop, and start_NAME/probe_NAME for each service.
+# ---- sparc-agent job library (the same in every exported script) ----
 log() { printf '%s sparc: %s\n' "$(date +%H:%M:%S)" "$*"; }
 fail() { log "ERROR: $*"; exit 1; }
 
@@ -159,4 +161,3 @@ read_secret_env() { # VAR SOURCE: from the job's environment (sbatch exports the
   printf -v "$1" '%s' "${!2}"
 }
 # ---- end of library ----
-"""
