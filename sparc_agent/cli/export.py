@@ -2,22 +2,58 @@
 
 from __future__ import annotations
 
-import sys
+import functools
+from collections.abc import Callable
 from pathlib import Path
+from typing import TYPE_CHECKING, Any
 
 import click
 
 from sparc_agent.cli.common import load_profile_or_exit, profile_options, reports_errors
 
+if TYPE_CHECKING:  # the model pulls in pydantic: imported by the commands that run
+    from sparc_agent.profile.model import Profile
 
-def _write(text: str, out: str | None, what: str) -> None:
+Exporter = Callable[..., str]
+
+
+def _write(text: str, out: str | None, what: str, mode: int) -> None:
     if out is None or out == "-":
         click.echo(text, nl=False)
         return
     from sparc_agent.state.files import write_atomic
 
     write_atomic(Path(out), text.encode())
+    Path(out).chmod(mode)
     click.echo(f"wrote {what} to {out}", err=True)
+
+
+def _exporter(what: str, mode: int = 0o644) -> Callable[[Exporter], Callable[..., None]]:
+    """What every export command shares: PROFILE, -f, --set and -o; load, export, write.
+
+    The decorated function gets the loaded profile, the PROFILE argument as given (for the header
+    comment) and its own options, and returns the text.
+    """
+
+    def decorate(build: Exporter) -> Callable[..., None]:
+        @profile_options
+        @click.option("-o", "--output", "out", metavar="FILE", help="Write here instead of stdout.")
+        @reports_errors
+        @functools.wraps(build)
+        def command(
+            profile: str, overlays: tuple[str, ...], sets: tuple[str, ...], out: str | None, **options: Any
+        ) -> None:
+            loaded = load_profile_or_exit(profile, overlays, sets)
+            _write(build(loaded.profile, profile, **options), out, what, mode)
+
+        return command
+
+    return decorate
+
+
+def _choice(flag: str, choices: list[str], help: str) -> Callable[[Callable[..., Any]], Callable[..., Any]]:
+    """An option taking one of `choices`, the first by default."""
+    return click.option(flag, type=click.Choice(choices), default=choices[0], show_default=True, help=help)
 
 
 @click.group()
@@ -26,8 +62,7 @@ def export() -> None:
 
 
 @export.command()
-@profile_options
-@click.option("-o", "--output", "out", metavar="FILE", help="Write here instead of stdout.")
+@_exporter("Kubernetes YAML")
 @click.option("--deployment", is_flag=True, help="A Deployment instead of a bare Pod.")
 @click.option(
     "--replicas",
@@ -36,43 +71,21 @@ def export() -> None:
     show_default=True,
     help="Replicas of the Deployment (with --deployment).",
 )
-@click.option(
-    "--service-type",
-    type=click.Choice(["ClusterIP", "NodePort"]),
-    default="ClusterIP",
-    show_default=True,
-    help="Type of the Service for the published ports.",
-)
-@reports_errors
-def kube(
-    profile: str,
-    overlays: tuple[str, ...],
-    sets: tuple[str, ...],
-    out: str | None,
-    deployment: bool,
-    replicas: int,
-    service_type: str,
-) -> None:
+@_choice("--service-type", ["ClusterIP", "NodePort"], "Type of the Service for the published ports.")
+def kube(profile: Profile, source: str, deployment: bool, replicas: int, service_type: str) -> str:
     """Kubernetes YAML for PROFILE: Pod or Deployment, PVCs, Services; secrets by reference only."""
     from sparc_agent.errors import InvalidInput
     from sparc_agent.export.kube import KubeOptions, export_kube
 
     if replicas != 1 and not deployment:
         raise InvalidInput("--replicas needs --deployment (a bare Pod has one replica)")
-    loaded = load_profile_or_exit(profile, overlays, sets)
     options = KubeOptions(deployment, replicas, "NodePort" if service_type == "NodePort" else "ClusterIP")
-    _write(export_kube(loaded.profile, options, source=profile), out, "Kubernetes YAML")
+    return export_kube(profile, options, source=source)
 
 
 @export.command()
-@profile_options
-@click.option(
-    "--runtime",
-    type=click.Choice(["apptainer", "podman"]),
-    default="apptainer",
-    show_default=True,
-    help="How the job runs each service.",
-)
+@_exporter("SLURM script", mode=0o755)
+@_choice("--runtime", ["apptainer", "podman"], "How the job runs each service.")
 @click.option("--partition", default="hpg-ai", show_default=True, help="SLURM partition.")
 @click.option(
     "--time",
@@ -90,54 +103,28 @@ def kube(
 @click.option("--account", help="SLURM account (#SBATCH --account).")
 @click.option("--qos", help="SLURM QOS (#SBATCH --qos).")
 @click.option("--log", "log_pattern", metavar="PATTERN", help="#SBATCH --output (default STACK_%j.log).")
-@click.option("-o", "--output", "out", metavar="FILE", help="Write here instead of stdout.")
-@reports_errors
 def slurm(
-    profile: str,
-    overlays: tuple[str, ...],
-    sets: tuple[str, ...],
-    runtime: str,
-    partition: str,
-    time_limit: str,
-    gpus: int | None,
-    cpus: int | None,
-    mem: str | None,
-    account: str | None,
-    qos: str | None,
-    log_pattern: str | None,
-    out: str | None,
-) -> None:
+    profile: Profile, source: str, runtime: str, time_limit: str, log_pattern: str | None, **job: Any
+) -> str:
     """A SLURM batch script that runs PROFILE's services on one node (apptainer or podman)."""
     from sparc_agent.export import partitions
     from sparc_agent.export.slurm import SlurmOptions, export_slurm
 
-    loaded = load_profile_or_exit(profile, overlays, sets)
     options = SlurmOptions(
-        runtime="podman" if runtime == "podman" else "apptainer",
-        partition=partition,
-        time=time_limit,
-        gpus=gpus,
-        cpus=cpus,
-        mem=mem,
-        account=account,
-        qos=qos,
-        output=log_pattern,
+        runtime="podman" if runtime == "podman" else "apptainer", time=time_limit, output=log_pattern, **job
     )
-    text = export_slurm(loaded.profile, options, source=profile)
-    if partition not in partitions.PARTITIONS:
+    text = export_slurm(profile, options, source=source)
+    if options.partition not in partitions.PARTITIONS:
         click.echo(
-            f"note: partition {partition} is not in the known table; its limits are left to the scheduler"
-            " (check with sbatch --test-only)",
+            f"note: partition {options.partition} is not in the known table; its limits are left to the"
+            " scheduler (check with sbatch --test-only)",
             err=True,
         )
-    _write(text, out, "SLURM script")
-    if out not in (None, "-"):
-        Path(out).chmod(0o755)
-    sys.stdout.flush()
+    return text
 
 
 @export.command()
-@profile_options
+@_exporter("NGINX config")
 @click.option("--api", default="mas", show_default=True, metavar="SERVICE[:PORT]", help="What /api/ reaches.")
 @click.option(
     "--signal",
@@ -155,22 +142,8 @@ def slurm(
     metavar="HOST",
     help="Where NGINX reaches the ports.",
 )
-@click.option("-o", "--output", "out", metavar="FILE", help="Write here instead of stdout.")
-@reports_errors
-def nginx(
-    profile: str,
-    overlays: tuple[str, ...],
-    sets: tuple[str, ...],
-    api: str,
-    signal: str,
-    server_name: str,
-    listen: str,
-    upstream: str,
-    out: str | None,
-) -> None:
+def nginx(profile: Profile, source: str, **options: str) -> str:
     """NGINX reverse proxy for PROFILE: /api/ -> the MAS, /signal/ -> signaling (WebSocket)."""
     from sparc_agent.export.nginx import NginxOptions, export_nginx
 
-    loaded = load_profile_or_exit(profile, overlays, sets)
-    options = NginxOptions(api=api, signal=signal, server_name=server_name, listen=listen, upstream=upstream)
-    _write(export_nginx(loaded.profile, options, source=profile), out, "NGINX config")
+    return export_nginx(profile, NginxOptions(**options), source=source)

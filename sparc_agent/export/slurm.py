@@ -193,50 +193,53 @@ def _gpu_flags(gpus: str | int | tuple[str, ...]) -> str:
     return " ".join(f"--device={sh_quote('nvidia.com/gpu=' + g)}" for g in gpus)
 
 
+def _podman_run(profile: Profile, name: str, svc: Service) -> list[str]:
+    args = ["podman run --rm --replace --init", f'--name "$POD-{name}" --pod "$POD"']
+    if svc.gpus is not None:
+        args.append(_gpu_flags(svc.gpus))
+    r = svc.resources
+    if r is not None:
+        args += [f"--cpus={r.cpus:g}"] if r.cpus is not None else []
+        args += [f"--memory={r.memory}b"] if r.memory is not None else []
+        args += [f"--pids-limit={r.pids}"] if r.pids is not None else []
+    args += [f"--env {sh_quote(f'{k}={v}')}" for k, v in svc.env.items()]
+    args += [f"--env {var}" for var in svc.secrets]  # value from podman's own environment
+    for m in svc.volumes:
+        src = sh_quote(Names(profile.name).volume(m.source)) if m.is_named_volume else sh_path(m.source)
+        opts = f":{','.join(m.options)}" if m.options else ""
+        args.append(f"-v {src}:{sh_quote(m.target + opts)}")
+    args.append(sh_quote(svc.image))
+    return args
+
+
+def _apptainer_run(name: str, svc: Service, notes: list[str]) -> list[str]:
+    args = ["apptainer run --cleanenv"]
+    if svc.gpus is not None:
+        args.append("--nv")
+        if svc.gpus != "all":
+            notes.append(f"{name}: gpus {svc.gpus!r} -> --nv: every GPU of the job is visible")
+    if svc.resources is not None:
+        notes.append(
+            f"{name}: cpu/memory/pids limits not applied per service (the job's cgroup is the limit)"
+        )
+    args += [f"--env {sh_quote(f'{k}={v}')}" for k, v in svc.env.items()]
+    for m in svc.volumes:
+        src = f'"$SPARC_VOLUME_DIR"/{sh_quote(m.source)}' if m.is_named_volume else sh_path(m.source)
+        ro = ":ro" if "ro" in m.options else ""
+        if {"z", "Z"} & set(m.options):
+            notes.append(f"{name}: SELinux relabel option on {m} dropped (apptainer has none)")
+        args.append(f"-B {src}:{sh_quote(m.target + ro)}")
+    args.append(f'"${_var("SIF", name)}"')
+    return args
+
+
 def _start(profile: Profile, name: str, svc: Service, runtime: Runtime, notes: list[str]) -> list[str]:
     """start_NAME: runs the service in the foreground (its supervisor puts it in the background)."""
     secret_env = [
         f'{"APPTAINERENV_" if runtime == "apptainer" else ""}{var}="${_var("SECRET", secret)}"'
         for var, secret in svc.secrets.items()
     ]
-    args: list[str] = []
-    if runtime == "podman":
-        args += ["podman run --rm --replace --init", f'--name "$POD-{name}" --pod "$POD"']
-        if svc.gpus is not None:
-            args.append(_gpu_flags(svc.gpus))
-        if svc.resources is not None:
-            r = svc.resources
-            if r.cpus is not None:
-                args.append(f"--cpus={r.cpus:g}")
-            if r.memory is not None:
-                args.append(f"--memory={r.memory}b")
-            if r.pids is not None:
-                args.append(f"--pids-limit={r.pids}")
-        args += [f"--env {sh_quote(f'{k}={v}')}" for k, v in svc.env.items()]
-        args += [f"--env {var}" for var in svc.secrets]  # value from podman's own environment
-        for m in svc.volumes:
-            src = sh_quote(Names(profile.name).volume(m.source)) if m.is_named_volume else sh_path(m.source)
-            opts = f":{','.join(m.options)}" if m.options else ""
-            args.append(f"-v {src}:{sh_quote(m.target + opts)}")
-        args.append(sh_quote(svc.image))
-    else:
-        args.append("apptainer run --cleanenv")
-        if svc.gpus is not None:
-            args.append("--nv")
-            if svc.gpus != "all":
-                notes.append(f"{name}: gpus {svc.gpus!r} -> --nv: every GPU of the job is visible")
-        if svc.resources is not None:
-            notes.append(
-                f"{name}: cpu/memory/pids limits not applied per service (the job's cgroup is the limit)"
-            )
-        args += [f"--env {sh_quote(f'{k}={v}')}" for k, v in svc.env.items()]
-        for m in svc.volumes:
-            src = f'"$SPARC_VOLUME_DIR"/{sh_quote(m.source)}' if m.is_named_volume else sh_path(m.source)
-            ro = ":ro" if "ro" in m.options else ""
-            if {"z", "Z"} & set(m.options):
-                notes.append(f"{name}: SELinux relabel option on {m} dropped (apptainer has none)")
-            args.append(f"-B {src}:{sh_quote(m.target + ro)}")
-        args.append(f'"${_var("SIF", name)}"')
+    args = _podman_run(profile, name, svc) if runtime == "podman" else _apptainer_run(name, svc, notes)
     if svc.command:
         args.append(sh_words(svc.command))
     lines = [f"start_{_fn(name)}() {{"]
