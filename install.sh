@@ -3,12 +3,16 @@
 # service: `systemctl --user start sparc-agent` applies every profile in ~/.config/sparc-agent/profiles
 # and keeps the stacks healthy.
 #
-# Usage: ./install.sh [--profile FILE] [--no-start] [--venv]
+# Usage: ./install.sh [--profile FILE] [--no-start] [--venv] [--enable-linger] [--allow-root]
 #        ./install.sh --uninstall [--purge]
 #
 #   --profile FILE  validate FILE and copy it to ~/.config/sparc-agent/profiles/ (the agent applies it)
 #   --no-start      install and enable the agent, but do not start (or restart) it now
 #   --venv          use a private venv even when pipx is available
+#   --enable-linger run `loginctl enable-linger` for you (`id -un`), so that your user manager, the
+#                   agent and the stacks keep running after you log out. Without it linger is only
+#                   checked: a warning says how to turn it on. Nothing else changes system settings.
+#   --allow-root    install for root anyway (refused otherwise: sparc-agent runs as your own user)
 #   --uninstall     stop and disable the agent; remove its unit, command, venv and completion.
 #                   The stacks keep running (their units stay): `systemctl --user stop NAME.target`.
 #   --purge         with --uninstall: first `sparc-agent down --purge` every applied stack
@@ -20,12 +24,12 @@
 #   ~/.local/share/bash-completion/completions/sparc-agent
 #   ~/.config/sparc-agent/profiles/      with --profile
 # It installs from the directory it sits in and downloads nothing but Python packages (pip).
-# Idempotent: a second run changes nothing and says so. Exit 0 done, 2 bad arguments or profile,
-# 3 environment problem (no Python >= 3.11, no user manager).
+# Idempotent: a second run changes nothing and says so. Exit 0 done, 2 bad arguments or profile (or
+# run as root without --allow-root), 3 environment problem (no Python >= 3.11, no user manager).
 set -euo pipefail
 
 SRC=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
-USER=${USER:-$(id -un)}
+ME=$(id -un) # not $USER: su and sudo may leave someone else's name there
 DATA=${XDG_DATA_HOME:-$HOME/.local/share}
 CONFIG=${XDG_CONFIG_HOME:-$HOME/.config}
 STATE=${XDG_STATE_HOME:-$HOME/.local/state}
@@ -44,6 +48,8 @@ PROFILE=""
 UNINSTALL=0
 PURGE=0
 START=1
+LINGER=0
+ALLOW_ROOT=0
 MODE=""
 CHANGES=()
 WARNINGS=()
@@ -68,8 +74,10 @@ while [ $# -gt 0 ]; do
     --purge) PURGE=1 ;;
     --no-start) START=0 ;;
     --venv) MODE=venv ;;
+    --enable-linger) LINGER=1 ;;
+    --allow-root) ALLOW_ROOT=1 ;;
     -h | --help)
-      sed -n '2,24p' "$0"
+      sed -n '2,28p' "$0"
       exit 0
       ;;
     *) die 2 "unknown argument: $1 (see --help)" ;;
@@ -80,8 +88,9 @@ done
 if [ -n "$PROFILE" ] && [ ! -f "$PROFILE" ]; then
   die 2 "--profile $PROFILE: no such file"
 fi
-if [ "$(id -u)" -eq 0 ]; then
-  warn "running as root: this installs for root; sparc-agent is meant to run as your own user"
+if [ "$(id -u)" -eq 0 ] && [ $ALLOW_ROOT -eq 0 ]; then
+  die 2 "refusing to run as root: sparc-agent runs rootless, as your own user (log in as that user);
+  pass --allow-root to install for root anyway"
 fi
 
 # ------------------------------------------------------------------ systemd user manager
@@ -94,30 +103,35 @@ manager_problem() {
   local why
   why=$(systemctl --user show-environment 2>&1 >/dev/null | head -n 1 || true)
   printf '%s\n' "cannot reach your systemd user manager (${why:-no answer})." \
-    "Log in over ssh as $USER" \
+    "Log in over ssh as $ME" \
     "(su/sudo -u start none), or enable linger so it runs without a login; then run ./install.sh again."
 }
 
 linger_on() {
-  [ -e "/var/lib/systemd/linger/$USER" ] && return 0
-  [ "$(loginctl show-user "$USER" -p Linger --value 2>/dev/null || true)" = yes ]
+  [ -e "/var/lib/systemd/linger/$ME" ] && return 0
+  [ "$(loginctl show-user "$ME" -p Linger --value 2>/dev/null || true)" = yes ]
 }
 
+# linger is a system setting: changed only when asked (--enable-linger), otherwise only checked
 ensure_linger() {
   if linger_on; then
     return 0
   fi
   local err
-  if err=$(loginctl enable-linger "$USER" 2>&1) && linger_on; then
-    changed "enabled linger for $USER: your user manager (and the stacks) keep running after you log out"
+  if [ $LINGER -eq 0 ]; then
+    warn "linger is off for $ME: systemd stops your user manager, the agent and the stacks when you log out."
+    printf '%s\n' "  Run ./install.sh --enable-linger to turn it on (or ask an admin, see below)." >&2
+  elif err=$(loginctl enable-linger "$ME" 2>&1) && linger_on; then
+    changed "enabled linger for $ME: your user manager (and the stacks) keep running after you log out"
     return 0
+  else
+    warn "linger is off for $ME and \`loginctl enable-linger $ME\` failed (${err:-no reason given})."
   fi
-  warn "linger is off for $USER and \`loginctl enable-linger $USER\` failed (${err:-no reason given})."
   printf '%s\n' \
     "  Without linger systemd stops your user manager, the agent and the stacks when you log out." \
     "  Enabling it for yourself needs polkit permission that PubApps users usually lack:" \
-    "  an admin must run \`loginctl enable-linger $USER\`. $SUPPORT:" \
-    "  \"please enable systemd linger for user $USER on $(hostname)\"." >&2
+    "  an admin must run \`loginctl enable-linger $ME\`. $SUPPORT:" \
+    "  \"please enable systemd linger for user $ME on $(hostname)\"." >&2
 }
 
 # ------------------------------------------------------------------ uninstall
