@@ -734,6 +734,40 @@ BASIC: tuple[Callable[[Host], Check], ...] = (
 )
 
 
+def check_turn_auth(profile: Profile) -> Check:
+    """An open TURN relay lets anyone relay through this host, also to its internal addresses."""
+    from sparc_agent.profile import rules
+
+    found = [f.message for f in rules.open_relays(profile)]
+    if not found:
+        return ok("turn-auth", "no TURN/STUN port is published beyond 127.0.0.1 without auth")
+    return warn(
+        "turn-auth",
+        found[0] + (f" (and {len(found) - 1} more)" if len(found) > 1 else ""),
+        "run coturn with --use-auth-secret and --static-auth-secret from a profile secret",
+    )
+
+
+def check_secret_files(host: Host, profile: Profile) -> Check:
+    """A secret's source file that others can read is a leaked secret, whatever the unit files say."""
+    loose = []
+    for name, decl in profile.secrets.items():
+        if decl.file is None:
+            continue
+        home = host.env.get("HOME", "~")
+        path = host.path(home + decl.file[1:] if decl.file.startswith("~") else decl.file)
+        try:
+            mode = path.stat().st_mode & 0o777
+        except OSError as exc:
+            loose.append(f"secrets.{name}: {decl.file}: {exc.strerror}")
+            continue
+        if mode & 0o077:
+            loose.append(f"secrets.{name}: {decl.file} is open to group or others (mode {mode:04o})")
+    if not loose:
+        return ok("secret-files", "every secret file is readable by you only")
+    return warn("secret-files", "; ".join(loose), "chmod 600 the file (and keep it out of shared folders)")
+
+
 def run(profile: Profile | None = None, env: Mapping[str, str] | None = None) -> Report:
     host = Host(env)
     checks = [_safe(check.__name__, partial(check, host)) for check in BASIC]
@@ -744,6 +778,8 @@ def run(profile: Profile | None = None, env: Mapping[str, str] | None = None) ->
     checks.append(_safe("disk", partial(check_disk, host)))
     if profile is not None:
         checks.append(_safe("images", partial(check_images, host, profile)))
+        checks.append(_safe("turn-auth", partial(check_turn_auth, profile)))
+        checks.append(_safe("secret-files", partial(check_secret_files, host, profile)))
     return Report(checks)
 
 

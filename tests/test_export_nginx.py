@@ -140,7 +140,7 @@ def test_nginx_t_accepts_the_example(tmp_path: Path) -> None:
     _need_nginx()
     result = CliRunner().invoke(export, ["nginx", AVATAR, "--listen", f"127.0.0.1:{free_port()}"])
     assert result.exit_code == 0, result.output
-    conf = _conf(tmp_path, result.output)
+    conf = _conf(tmp_path, result.stdout)  # the warnings go to stderr
     proc = subprocess.run([NGINX, "-t", "-c", str(conf), "-p", str(tmp_path)], capture_output=True, text=True)
     print(proc.stderr)
     assert proc.returncode == 0, proc.stderr

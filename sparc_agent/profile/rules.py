@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import ipaddress
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
 
@@ -49,6 +50,51 @@ def warnings(profile: Profile) -> Iterator[Finding]:
         for i, port in enumerate(profile.pod.ports):
             if port.host_ip is None:  # an address written on the port itself is deliberate
                 yield Finding(("pod", "ports", i), f"{port} listens on every interface (pod.bind)")
+    yield from open_relays(profile)
+
+
+TURN_PORTS = (3478, 5349)  # STUN/TURN, and TURN over TLS
+# coturn's flags that make clients authenticate; without one, anyone who reaches the port may relay
+TURN_AUTH_FLAGS = ("--use-auth-secret", "--static-auth-secret", "--lt-cred-mech", "-a", "--oauth")
+
+
+def turn_services(profile: Profile) -> dict[str, int | None]:
+    """Services that serve STUN/TURN (a stun probe, a coturn image, or `turnserver` in the command),
+    each with its probe's host port (None without a stun probe)."""
+    found: dict[str, int | None] = {}
+    for name, svc in profile.services.items():
+        health = svc.health
+        probe_port: int | None = (
+            getattr(health.probe, "port")  # noqa: B009 - a stun probe has one
+            if health is not None and health.kind == "stun"
+            else None
+        )
+        coturn = "coturn" in svc.image.split("@")[0].split(":")[0].rsplit("/", 1)[-1]
+        if probe_port or coturn or any(w.endswith("turnserver") for w in svc.command or ()):
+            found[name] = probe_port
+    return found
+
+
+def _has_auth(command: tuple[str, ...] | None) -> bool:
+    return any(w.split("=", 1)[0] in TURN_AUTH_FLAGS for w in command or ())
+
+
+def open_relays(profile: Profile) -> Iterator[Finding]:
+    """A TURN/STUN port published beyond loopback by a service whose command asks for no auth."""
+    for name, probe_port in turn_services(profile).items():
+        if _has_auth(profile.services[name].command):
+            continue
+        for i, spec in enumerate(profile.pod.ports):
+            address = spec.host_ip or profile.pod.bind
+            turn = any(spec.container[0] <= p <= spec.container[1] for p in TURN_PORTS)
+            probed = probe_port is not None and spec.host[0] <= probe_port <= spec.host[1]
+            if (turn or probed) and not ipaddress.ip_address(address).is_loopback:
+                yield Finding(
+                    ("pod", "ports", i),
+                    f"{spec} publishes TURN/STUN of service {name} on {address}, and its command has no"
+                    f" auth flag ({', '.join(TURN_AUTH_FLAGS[:3])}): anyone who reaches it can relay"
+                    " through this host; add --use-auth-secret with a secret, or publish it on 127.0.0.1",
+                )
 
 
 def _references(profile: Profile) -> Iterator[Finding]:
