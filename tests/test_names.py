@@ -8,9 +8,11 @@ from pathlib import Path
 
 import pytest
 
+from sparc_agent.apply.claims import whose
 from sparc_agent.apply.converge import stack_files_on_disk
+from sparc_agent.host.systemd import UnitState
 from sparc_agent.profile.names import AGENT_UNIT, UNIT_DIR, Names, collisions, unit_of
-from sparc_agent.render import is_ours, owner, render_agent_unit
+from sparc_agent.render import header, is_ours, owner, render_agent_unit
 
 pytestmark = pytest.mark.unit
 
@@ -97,3 +99,28 @@ def test_the_agent_unit_belongs_to_no_stack(tmp_path: Path) -> None:
     (tmp_path / UNIT_DIR / AGENT_UNIT).write_text(text)
     # before the marker, a stack named sparc-agent counted the agent's unit among its own files
     assert stack_files_on_disk(tmp_path, "sparc-agent") == {}
+
+
+def _state(load: str = "loaded", source: str = "", fragment: str = "") -> UnitState:
+    return UnitState("s-web.service", load, "inactive", "dead", "", 0, 0, 0, "", fragment, source)
+
+
+def test_whose_unit_it_is(tmp_path: Path) -> None:
+    ours = tmp_path / "s-web.container"
+    ours.write_text(header("s", "[Container]\n") + "[Container]\n")
+    other = tmp_path / "t-web.container"
+    other.write_text(header("t", "[Container]\n") + "[Container]\n")
+    hand = tmp_path / "s-web.service"
+    hand.write_text("[Service]\nExecStart=/bin/true\n")
+    agent = tmp_path / AGENT_UNIT
+    agent.write_text(render_agent_unit())
+
+    assert whose(_state("not-found"), "s") is None  # nobody's yet
+    assert whose(_state(source=str(ours), fragment="/run/gen/s-web.service"), "s") is None
+    assert whose(_state(source=str(tmp_path / "gone.container")), "s") is None  # removed since the reload
+    assert (
+        whose(_state(fragment=str(hand)), "s") == f"it is loaded from {hand}, which sparc-agent did not write"
+    )
+    assert whose(_state(source=str(other)), "s") == f"it is loaded from {other}, stack t's file"
+    assert whose(_state(fragment=str(agent)), "s") == f"it is loaded from {agent}, the agent's file"
+    assert whose(_state("masked", fragment=str(hand)), "s") == f"it is masked ({hand})"
