@@ -401,6 +401,9 @@ class Agent:
             loop.add_signal_handler(sig, self._stop.set)
         loop.add_signal_handler(signal.SIGHUP, self._reload.set)
         self.log.info("start", pid=os.getpid(), state_dir=str(stacks_dir(self.paths)))
+        from sparc_agent.agent.metrics import start_metrics
+
+        metrics = await start_metrics(self)  # off unless agent.yaml configures it
         tasks = [asyncio.create_task(self._watchdog()), asyncio.create_task(self._writer())]
         try:
             if self.options.apply:
@@ -409,6 +412,8 @@ class Agent:
         finally:
             for t in tasks:
                 t.cancel()
+            if metrics is not None:
+                metrics.close()
             self.connected = False
             for runner in self.runners.values():
                 self._write_state(runner)

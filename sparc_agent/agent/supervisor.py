@@ -74,6 +74,8 @@ class ServicePlan:
     max_restarts: int = 5
     window: float = 600.0
     depends_on: dict[str, str] = field(default_factory=dict)  # service -> started | healthy
+    gpu: bool = False  # has `gpus`: its GPU memory is measured (metrics)
+    gpu_memory_budget: int | None = None  # resources.gpu_memory, bytes
 
     def backoff(self, attempt: int) -> float:
         """Delay before restart `attempt` (1-based) of an episode: initial * multiplier^(n-1), capped."""
@@ -135,6 +137,8 @@ def plan_from_profile(profile: Profile, generation: int) -> StackPlan:
                 max_restarts=policy.max_restarts,
                 window=policy.window,
                 depends_on=dict(svc.depends_on),
+                gpu=svc.gpus is not None,
+                gpu_memory_budget=svc.resources.gpu_memory if svc.resources is not None else None,
                 **timing,
             )
         )

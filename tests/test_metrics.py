@@ -1,0 +1,184 @@
+"""The agent's metrics: config, event -> samples, the scrape-time collector, the asyncio server, promtool."""
+
+from __future__ import annotations
+
+import asyncio
+import shutil
+import subprocess
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+from testhost import _require_strict
+
+from sparc_agent.agent.metrics import Metrics, MetricsConfig, read_config, restart_reason, serve
+from sparc_agent.agent.supervisor import ServiceMachine, ServicePlan, State, UnitView
+from sparc_agent.errors import InvalidInput
+
+pytestmark = pytest.mark.unit
+
+
+def test_config_off_by_default_loopback_by_default(tmp_path: Path) -> None:
+    path = tmp_path / "agent.yaml"
+    assert read_config(path) is None
+    path.write_text("# nothing yet\n")
+    assert read_config(path) is None
+    path.write_text("metrics: {port: 9464}\n")
+    assert read_config(path) == MetricsConfig("127.0.0.1", 9464)
+    path.write_text("metrics: {port: 9464, address: 10.1.2.3}\n")
+    assert read_config(path) == MetricsConfig("10.1.2.3", 9464)
+
+
+@pytest.mark.parametrize(
+    ("text", "message"),
+    [
+        ("metrics: {port: 0}", "metrics.port: expected a port 1-65535, not 0"),
+        ("metrics: {port: '9464'}", "metrics.port: expected a port 1-65535"),
+        ("metrics: {port: 9464, address: localhost}", "metrics.address: expected an IP address"),
+        ("metrics: {port: 9464, listen: x}", "expected {port: N, address: IP}"),
+        ("metric: {port: 1}", "expected a mapping with the key `metrics` only"),
+        ("metrics: [", "not YAML"),
+    ],
+)
+def test_bad_config_is_refused(tmp_path: Path, text: str, message: str) -> None:
+    path = tmp_path / "agent.yaml"
+    path.write_text(text)
+    with pytest.raises(InvalidInput) as info:
+        read_config(path)
+    assert str(info.value).startswith(f"{path}: ") and message in str(info.value)
+
+
+@pytest.mark.parametrize(
+    ("event", "label"),
+    [
+        ({"by": "systemd", "reason": "systemd Restart= after exit-code"}, "crash"),
+        ({"by": "agent", "reason": "unit failed (exit-code)"}, "crash"),
+        ({"by": "agent", "reason": "unhealthy: timed out after 1s"}, "unhealthy"),
+        ({"by": "agent", "reason": "dependency riva recovered"}, "dependency"),
+        ({"by": "agent", "reason": "user manager restarted: start again"}, "manager_restart"),
+        ({"by": "agent", "reason": "restart failed: job failed"}, "retry"),
+        ({"by": "agent", "reason": "something new"}, "other"),
+    ],
+)
+def test_restart_reasons_are_bounded(event: dict[str, str], label: str) -> None:
+    assert restart_reason(event) == label
+
+
+def _machine(name: str, state: State, since: float, gpu: bool = False) -> ServiceMachine:
+    plan = ServicePlan(
+        name, f"s-{name}.service", f"s-{name}", gpu=gpu, gpu_memory_budget=3 << 30 if gpu else None
+    )
+    m = ServiceMachine(plan, since)
+    m.state = state
+    return m
+
+
+@pytest.fixture
+def metrics() -> Metrics:
+    machines = [
+        ("s", _machine("riva", State.HEALTHY, 0.0, gpu=True)),
+        ("s", _machine("mas", State.BACKOFF, 0.0)),
+    ]
+
+    def it() -> Iterator[tuple[str, ServiceMachine]]:
+        yield from machines
+
+    return Metrics(it, lambda: {"s-riva.service": 3590 << 20, "other.service": 1})
+
+
+def _samples(text: str) -> set[str]:
+    return {line for line in text.splitlines() if line and not line.startswith("#")}
+
+
+def test_events_and_present_state_become_samples(metrics: Metrics) -> None:
+    probe = {
+        "event": "probe",
+        "service": "mas",
+        "kind": "http",
+        "outcome": "ok",
+        "latency_s": 0.004,
+        "phase": "",
+    }
+    metrics.on_event("s", probe)
+    metrics.on_event("s", {**probe, "outcome": "failed", "latency_s": 1.0})
+    webrtc = {
+        "event": "probe",
+        "service": "unity",
+        "kind": "webrtc",
+        "outcome": "failed",
+        "phase": "ice_connect",
+    }
+    metrics.on_event("s", {**webrtc, "latency_s": 5.0})
+    metrics.on_event("s", {**webrtc, "outcome": "ok", "phase": "first_frame", "latency_s": 1.25})
+    metrics.on_event("s", {"event": "restart", "service": "mas", "by": "agent", "reason": "unhealthy: x"})
+    metrics.on_event("s", {"event": "state", "service": "mas", "previous": "HEALTHY", "reason": "x"})
+    samples = _samples(metrics.exposition().decode())
+    assert 'sparc_probe_duration_seconds_count{kind="http",service="mas",stack="s"} 2.0' in samples
+    assert (
+        'sparc_probe_duration_seconds_bucket{kind="http",le="0.005",service="mas",stack="s"} 1.0' in samples
+    )
+    assert (
+        'sparc_probe_failures_total{kind="http",outcome="failed",phase="probe",service="mas",stack="s"} 1.0'
+        in samples
+    )
+    assert (
+        'sparc_probe_failures_total{kind="webrtc",outcome="failed",phase="ice_connect",service="unity",stack="s"}'
+        " 1.0" in samples
+    )
+    assert 'sparc_media_first_frame_seconds{service="unity",stack="s"} 1.25' in samples
+    assert 'sparc_restarts_total{by="agent",reason="unhealthy",service="mas",stack="s"} 1.0' in samples
+    assert 'sparc_service_state{service="mas",stack="s",state="BACKOFF"} 1.0' in samples
+    assert 'sparc_service_state{service="mas",stack="s",state="HEALTHY"} 0.0' in samples
+    assert sum(1 for s in samples if s.startswith('sparc_service_state{service="riva"')) == len(State)
+    assert 'sparc_service_gpu_memory_bytes{service="riva",stack="s"} 3.76438784e+09' in samples
+    assert not any(s.startswith('sparc_service_gpu_memory_bytes{service="mas"') for s in samples)
+    assert 'sparc_service_gpu_memory_budget_bytes{service="riva",stack="s"} 3.221225472e+09' in samples
+    assert any(s.startswith('sparc_agent_build_info{python="') for s in samples)
+    assert any(s.startswith('sparc_service_last_transition_timestamp_seconds{service="mas"') for s in samples)
+
+
+def test_promtool_accepts_the_exposition(metrics: Metrics) -> None:
+    if shutil.which("promtool") is None:
+        if _require_strict():
+            pytest.fail("promtool not installed (scripts/test-host-setup.sh installs prometheus)")
+        pytest.skip("promtool not installed")
+    metrics.on_event(
+        "s", {"event": "restart", "service": "mas", "by": "systemd", "reason": "systemd Restart="}
+    )
+    proc = subprocess.run(
+        ["promtool", "check", "metrics"], input=metrics.exposition(), capture_output=True, timeout=30
+    )
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    assert proc.stdout.strip() == b"" and proc.stderr.strip() == b""  # no lint findings either
+
+
+def test_server_answers_get_metrics_only(metrics: Metrics) -> None:
+    async def go() -> list[bytes]:
+        server = await serve(metrics, MetricsConfig("127.0.0.1", 0))
+        port = server.sockets[0].getsockname()[1]
+        out = []
+        for request in (
+            b"GET /metrics HTTP/1.1\r\n\r\n",
+            b"GET / HTTP/1.1\r\n\r\n",
+            b"POST /metrics HTTP/1.1\r\n\r\n",
+        ):
+            reader, writer = await asyncio.open_connection("127.0.0.1", port)
+            writer.write(request)
+            out.append(await reader.read())
+            writer.close()
+        server.close()
+        await server.wait_closed()
+        return out
+
+    ok, missing, post = asyncio.run(go())
+    assert ok.startswith(b"HTTP/1.1 200 OK\r\n") and b"sparc_service_state{" in ok
+    assert missing.startswith(b"HTTP/1.1 404 ") and post.startswith(b"HTTP/1.1 405 ")
+
+
+def test_unit_views_feed_the_state_series() -> None:
+    m = _machine("x", State.STOPPED, 0.0)
+    m.on_unit(UnitView("active", "running", invocation_id="a"), 1.0)
+    metrics = Metrics(lambda: iter([("s", m)]))
+    assert 'sparc_service_state{service="x",stack="s",state="HEALTHY"} 1.0' in _samples(
+        metrics.exposition().decode()
+    )
