@@ -117,8 +117,11 @@ def test_prometheus_scrapes_the_agent_and_sees_a_restart(
             what="the restart in increase()",
         )
         print(f"{expr} -> {result}")
-        state = query(web, f'sparc_service_state{{stack="{mgr.name}",service="mas"}} == 1')
-        assert [r["metric"]["state"] for r in state] == ["HEALTHY"]
+        # Prometheus has what it scraped up to a second ago: the agent's HEALTHY shows on a later scrape
+        healthy = f'sparc_service_state{{stack="{mgr.name}",service="mas",state="HEALTHY"}} == 1'
+        wait_for(lambda: query(web, healthy), timeout=30, interval=0.5, what="HEALTHY in prometheus")
+        current = query(web, f'sparc_service_state{{stack="{mgr.name}",service="mas"}} == 1')
+        assert [r["metric"]["state"] for r in current] == ["HEALTHY"]  # one state at a time
         durations = query(web, f'sparc_probe_duration_seconds_count{{stack="{mgr.name}"}}')
         assert {r["metric"]["kind"] for r in durations} == {"grpc", "http", "websocket", "stun", "exec"}
 
