@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import shutil
 import subprocess
+import sys
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -127,6 +128,9 @@ def test_events_and_present_state_become_samples(metrics: Metrics) -> None:
     )
     assert 'sparc_media_first_frame_seconds{service="unity",stack="s"} 1.25' in samples
     assert 'sparc_restarts_total{by="agent",reason="unhealthy",service="mas",stack="s"} 1.0' in samples
+    # the other reasons exist from 0 (the first restart must show in increase())
+    assert 'sparc_restarts_total{by="systemd",reason="crash",service="mas",stack="s"} 0.0' in samples
+    assert 'sparc_restarts_total{by="agent",reason="crash",service="unity",stack="s"} 0.0' in samples
     assert 'sparc_service_state{service="mas",stack="s",state="BACKOFF"} 1.0' in samples
     assert 'sparc_service_state{service="mas",stack="s",state="HEALTHY"} 0.0' in samples
     assert sum(1 for s in samples if s.startswith('sparc_service_state{service="riva"')) == len(State)
@@ -182,3 +186,25 @@ def test_unit_views_feed_the_state_series() -> None:
     assert 'sparc_service_state{service="x",stack="s",state="HEALTHY"} 1.0' in _samples(
         metrics.exposition().decode()
     )
+
+
+def test_agent_refuses_to_start_with_a_bad_metrics_config(tmp_path: Path) -> None:
+    config = tmp_path / "cfg" / "sparc-agent" / "agent.yaml"
+    config.parent.mkdir(parents=True)
+    config.write_text("metrics: {port: 99999}\n")
+    env = {
+        "PATH": "/usr/bin:/bin",
+        "HOME": str(tmp_path),
+        "XDG_CONFIG_HOME": str(tmp_path / "cfg"),
+        "XDG_STATE_HOME": str(tmp_path / "state"),
+        "XDG_RUNTIME_DIR": str(tmp_path),
+    }
+    proc = subprocess.run(
+        [sys.executable, "-m", "sparc_agent", "run", "--no-apply", "--log-format", "json"],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert proc.returncode == 2, proc.stderr
+    assert f"{config}: metrics.port: expected a port 1-65535, not 99999" in proc.stderr
