@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import json
 import os
+import select
 import shutil
 import statistics
 import subprocess
@@ -34,7 +35,8 @@ ALLOCATE = {
     "cupy": "import sys, cupy; x = cupy.empty(1 << 28, dtype=cupy.float32); "
     "cupy.cuda.Device().synchronize(); print('ready', flush=True); sys.stdin.read()",
 }
-WAIT_S = 40.0  # for our own process to appear (CUDA context creation can take seconds)
+WAIT_S = 20.0  # for our own process to appear in NVML's list after it allocated
+READY_S = 25.0  # for the child to create its CUDA context and allocate
 
 
 def ms(seconds: float) -> str:
@@ -49,18 +51,26 @@ def helper_library() -> str | None:
     return None
 
 
-def start_own_process(library: str) -> tuple[subprocess.Popen[str], str | None]:
-    """A child allocating 1 GiB on GPU 0; in a transient user scope when systemd-run allows it."""
-    argv = [sys.executable, "-c", ALLOCATE[library]]
+def start_own_process(library: str) -> tuple[subprocess.Popen[str] | None, str | None]:
+    """A child allocating 1 GiB on GPU 0 and waiting; in a transient user scope when systemd-run allows
+    it, else a plain child. None when neither got as far as "ready" within READY_S."""
+    plain = [sys.executable, "-c", ALLOCATE[library]]
     scope = f"sparc-gpu-check-{os.getpid()}.scope"
-    if shutil.which("systemd-run") and subprocess.run(
-        ["systemctl", "--user", "is-system-running"], capture_output=True, timeout=5
-    ).stdout.strip() in (b"running", b"degraded"):
-        argv = ["systemd-run", "--user", "--scope", "--quiet", f"--unit={scope}", *argv]
-    else:
-        scope = None
-    child = subprocess.Popen(argv, stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
-    return child, scope
+    attempts: list[tuple[list[str], str | None]] = [(plain, None)]
+    if shutil.which("systemd-run"):
+        attempts.insert(
+            0, (["systemd-run", "--user", "--scope", "--quiet", f"--unit={scope}", *plain], scope)
+        )
+    for argv, unit in attempts:
+        child = subprocess.Popen(argv, stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
+        assert child.stdout is not None
+        readable, _, _ = select.select([child.stdout], [], [], READY_S)
+        if readable and child.stdout.readline().startswith("ready"):
+            return child, unit
+        print(f"  ({' '.join(argv[:3])} ...: no allocation within {READY_S:.0f} s, exit {child.poll()})")
+        child.kill()
+        child.wait(timeout=10)
+    return None, None
 
 
 def main() -> int:
@@ -90,12 +100,9 @@ def main() -> int:
     child, scope = (None, None)
     if library is not None and handles:
         child, scope = start_own_process(library)
-        print(
-            f"started a {library} process holding 1 GiB (pid {child.pid}"
-            + (f", unit {scope})" if scope else ")")
-        )
-        assert child.stdout is not None
-        child.stdout.readline()  # "ready": allocated
+        if child is not None:
+            where = f", unit {scope})" if scope else ")"
+            print(f"started a {library} process holding 1 GiB (pid {child.pid}{where}")
     else:
         print("neither torch nor cupy importable: listing only what runs")
 
