@@ -223,18 +223,6 @@ CASES: list[tuple[str, str, str, str]] = [
     ("secret-two-sources", svc("", "secrets:\n  k: {file: /x, env: Y}  #!\n"), "secrets.k", "exactly one"),
     ("secret-relative-file", svc("", "secrets:\n  k: {file: x.key}  #!\n"), "secrets.k.file", "absolute"),
     (
-        "probe-port-unpublished",
-        svc("    health: {http: {port: 9000}}  #!\n"),
-        "services.web.health.http.port",
-        "not published",
-    ),
-    (
-        "probe-stun-on-tcp",
-        svc("    health: {stun: {port: 8000}}  #!\n"),
-        "services.web.health.stun.port",
-        "8000/udp",
-    ),
-    (
         "probe-two-kinds",
         svc("    health: {tcp: {port: 8000}, http: {port: 8000}}  #!\n"),
         "services.web.health",

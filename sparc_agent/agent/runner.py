@@ -256,10 +256,9 @@ class StackRunner:
                 await self._sleep_until(m.next_wakeup(), poke)
 
     async def _probe(self, m: ServiceMachine, spec: Any) -> None:
-        from sparc_agent.probes import run_probe
-
         invocation = m.unit.invocation_id if m.unit is not None else ""
-        result = await run_probe(spec, container=m.plan.container)
+        pod = m.plan.probe.get("pod") if m.plan.probe else None  # set: its port is not published
+        result = await self.agent.probers.run(spec, container=m.plan.container, pod=pod)
         # a result about a process that is gone (restarted meanwhile) says nothing
         if m.unit is not None and m.unit.invocation_id == invocation and not self.paused:
             self.feed_probe(m.plan.name, ProbeView(result.outcome.value, result.latency_s, result.detail))
@@ -375,8 +374,10 @@ class _Restart(Exception):
 class Agent:
     def __init__(self, options: AgentOptions, paths: Paths | None = None) -> None:
         from sparc_agent.agent.journal import setup
+        from sparc_agent.probes.inpod import PodProbers
 
         self.options = options
+        self.probers = PodProbers()  # one prober per pod whose probes run inside it, kept
         self.paths = paths or Paths.from_env()
         self.log = setup(options.log_format)
         self.notifier = Notifier()
@@ -414,6 +415,7 @@ class Agent:
                 t.cancel()
             if metrics is not None:
                 metrics.close()
+            await self.probers.aclose()
             self.connected = False
             for runner in self.runners.values():
                 self._write_state(runner)

@@ -61,7 +61,7 @@ class ServicePlan:
     unit: str
     container: str
     probe: dict[str, Any] | None = (
-        None  # {"kind": "http", "port": .., "timeout_s": ..}: see noop.spec_from_plan
+        None  # {"kind": "http", "port": .., "timeout_s": .., "pod": P when run inside pod P}: see noop
     )
     interval: float = 5.0
     timeout: float = 2.0
@@ -106,7 +106,7 @@ class StackPlan:
 
 def plan_from_profile(profile: Profile, generation: int) -> StackPlan:
     """The supervision plan of a validated profile; apply records it in each generation's meta.json."""
-    from sparc_agent.profile.rules import start_order
+    from sparc_agent.profile.rules import probe_pod, start_order
     from sparc_agent.render import Names
 
     names = Names(profile.name)
@@ -118,6 +118,8 @@ def plan_from_profile(profile: Profile, generation: int) -> StackPlan:
         timing: dict[str, Any] = {}
         if health is not None:
             probe = {"kind": health.kind, **health.probe.model_dump(mode="json"), "timeout_s": health.timeout}
+            if pod := probe_pod(profile, name):
+                probe["pod"] = pod
             timing = dict(
                 interval=health.interval,
                 timeout=health.timeout,

@@ -30,9 +30,10 @@ from sparc_agent.host.journal import journal_tail
 from sparc_agent.host.systemd import UserManager
 from sparc_agent.probes import ProbeOutcome
 from sparc_agent.probes.health import APPLY_POLL_S, probe_once, start_budget
+from sparc_agent.probes.inpod import PodProbers
 from sparc_agent.profile.load import LoadedProfile, load_profile
 from sparc_agent.profile.model import Profile
-from sparc_agent.profile.rules import start_order
+from sparc_agent.profile.rules import probe_pod, start_order
 from sparc_agent.render import QUADLET_DIR, UNIT_DIR, Names, Target, owner, render, unit_of
 from sparc_agent.state import commit
 from sparc_agent.state.generations import Generation, Store
@@ -263,13 +264,14 @@ async def converge(
             outcome.healthy = None if ok else False
             healthy[name].set_result(ok)
             return
-        ok, detail = await _wait_healthy(mgr, unit, names.container(name), profile, name, acted, log)
+        ok, detail = await _wait_healthy(mgr, unit, names.container(name), profile, name, acted, log, probers)
         outcome.healthy, outcome.seconds, outcome.detail = ok, time.monotonic() - t0, detail
         if ok and action != "unchanged":
             print(f"{name} healthy after {outcome.seconds:.1f} s", file=log, flush=True)
         healthy[name].set_result(ok)
 
-    await asyncio.gather(*(bring_up(n) for n in start_order(profile)))
+    async with PodProbers() as probers:
+        await asyncio.gather(*(bring_up(n) for n in start_order(profile)))
     for name in start_order(profile):
         outcome = result.services[name]
         if outcome.healthy is False and result.failed is None:
@@ -280,23 +282,37 @@ async def converge(
 
 
 async def _wait_healthy(
-    mgr: UserManager, unit: str, container: str, profile: Profile, name: str, acted: set[str], log: TextIO
+    mgr: UserManager,
+    unit: str,
+    container: str,
+    profile: Profile,
+    name: str,
+    acted: set[str],
+    log: TextIO,
+    probers: PodProbers,
 ) -> tuple[bool, str]:
     """Healthy, and (a GPU service) within its GPU memory budget, or why not."""
-    ok, detail = await _wait_probe_ok(mgr, unit, container, profile, name, acted)
+    ok, detail = await _wait_probe_ok(mgr, unit, container, profile, name, acted, probers)
     return gpu_budget.check(profile, name, unit, log) if ok else (ok, detail)
 
 
 async def _wait_probe_ok(
-    mgr: UserManager, unit: str, container: str, profile: Profile, name: str, acted: set[str]
+    mgr: UserManager,
+    unit: str,
+    container: str,
+    profile: Profile,
+    name: str,
+    acted: set[str],
+    probers: PodProbers,
 ) -> tuple[bool, str]:
     health = profile.services[name].health
     assert health is not None
+    pod = probe_pod(profile, name)
     # a service we did not touch gets one look, plus its retries; a starting one its whole start budget
     budget = start_budget(health) if name in acted else health.retries * (health.interval + health.timeout)
     t0 = time.monotonic()
     while True:
-        result = await probe_once(health, container)
+        result = await probe_once(health, container, probers, pod)
         if result.outcome is ProbeOutcome.OK:
             return True, ""
         state = await mgr.unit_state(unit)

@@ -21,7 +21,8 @@ from typing import Any
 
 from sparc_agent import __version__
 from sparc_agent.host.detect import binaries
-from sparc_agent.probes import ProbeOutcome, run_probe
+from sparc_agent.probes import ProbeOutcome
+from sparc_agent.probes.inpod import PodProbers
 from sparc_agent.probes.kinds import spec_from_fields
 from sparc_agent.state.paths import Paths
 
@@ -111,15 +112,15 @@ async def _running_and_healthy(stack: str, meta: dict[str, Any]) -> NoopReport |
 
     services: list[dict[str, Any]] = meta["plan"]["services"]
     try:
-        async with await UserManager.connect() as mgr:
+        async with await UserManager.connect() as mgr, PodProbers() as probers:
             states = await asyncio.gather(*(mgr.unit_state(s["unit"]) for s in services))
             if not all(st.active_state == "active" for st in states):
                 return None
             results = await asyncio.gather(
                 *(
-                    run_probe(spec_from_plan(s["probe"]), container=s["container"])
+                    probers.run(spec_from_plan(p), container=s["container"], pod=p.get("pod"))
                     for s in services
-                    if s.get("probe")
+                    if (p := s.get("probe"))
                 )
             )
     except SparcError:

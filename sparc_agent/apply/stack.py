@@ -13,8 +13,10 @@ from sparc_agent.errors import InvalidInput, SparcError
 from sparc_agent.host import podman
 from sparc_agent.host.systemd import UserManager
 from sparc_agent.probes.health import probe_once
+from sparc_agent.probes.inpod import PodProbers
 from sparc_agent.profile.load import load_profile
 from sparc_agent.profile.model import Profile
+from sparc_agent.profile.rules import probe_pod
 from sparc_agent.render import Names, unit_of
 from sparc_agent.state import commit
 from sparc_agent.state.generations import Generation, Store
@@ -63,7 +65,7 @@ async def _status(stack: str) -> dict[str, Any]:
     rows: list[ServiceStatus] = []
     agent = agent_view(store.root)
     watched: dict[str, Any] = agent.get("services", {}) if agent else {}
-    async with await UserManager.connect() as mgr:
+    async with await UserManager.connect() as mgr, PodProbers() as probers:
 
         async def one(name: str) -> ServiceStatus:
             unit = names.service_unit(name)
@@ -78,7 +80,9 @@ async def _status(stack: str) -> dict[str, Any]:
                 health = "ok" if probe["outcome"] == "ok" else f"{probe['outcome']}: {probe['detail']}"
                 latency = probe["latency_ms"]
             elif svc.health is not None:
-                result = await probe_once(svc.health, names.container(name))
+                result = await probe_once(
+                    svc.health, names.container(name), probers, probe_pod(profile, name)
+                )
                 health = "ok" if result.ok else f"{result.outcome.value}: {result.detail}"
                 latency = round(result.latency_s * 1000, 1)
             since = (

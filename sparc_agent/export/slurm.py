@@ -27,7 +27,7 @@ from sparc_agent.profile.model import (
     parse_memory,
 )
 from sparc_agent.profile.names import Names
-from sparc_agent.profile.rules import start_order
+from sparc_agent.profile.rules import probe_pod, start_order
 
 Runtime = Literal["apptainer", "podman"]
 _SLURM_WORD = re.compile(r"[A-Za-z0-9_.@+-]+")
@@ -182,6 +182,8 @@ def _probe(profile: Profile, name: str, svc: Service, runtime: Runtime, notes: l
         call = f"probe_stun {port} {timeout}"
     else:
         call = f"probe_tcp {port} {timeout}"
+    if runtime == "podman" and probe_pod(profile, name):  # not published: probe where it listens
+        call = f"in_pod {call}"
     return [f"{fn}() {{ {call}; }}"]
 
 

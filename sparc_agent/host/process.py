@@ -79,18 +79,19 @@ _STREAMS = {
 async def spawn(
     argv: Sequence[str],
     *,
+    stdin: Literal["pipe", "null"] = "null",
     stdout: Literal["pipe", "null"] = "pipe",
     stderr: Literal["pipe", "null", "stdout"] = "pipe",
     new_session: bool = False,
 ) -> Process:
-    """Start argv (never a shell) with stdin from /dev/null; the caller reads and waits for it.
+    """Start argv (never a shell), stdin from /dev/null unless "pipe"; the caller reads and waits for it.
 
     `stderr="stdout"` merges the two streams; `new_session` gives it its own process group, so that
     `kill_group` also reaches what it forked. Raises OSError when argv[0] cannot be run.
     """
     return await asyncio.create_subprocess_exec(
         *argv,
-        stdin=asyncio.subprocess.DEVNULL,
+        stdin=_STREAMS[stdin],
         stdout=_STREAMS[stdout],
         stderr=_STREAMS[stderr],
         start_new_session=new_session,

@@ -4,7 +4,8 @@ from __future__ import annotations
 
 from typing import Any
 
-from sparc_agent.probes import ProbeResult, run_probe
+from sparc_agent.probes import ProbeResult
+from sparc_agent.probes.inpod import PodProbers
 from sparc_agent.profile.model import Health
 
 # how often apply re-probes a starting service: fast, since someone is waiting at a prompt;
@@ -16,8 +17,9 @@ def probe_spec(health: Health) -> Any:
     return health.spec
 
 
-async def probe_once(health: Health, container: str) -> ProbeResult:
-    return await run_probe(probe_spec(health), container=container)
+async def probe_once(health: Health, container: str, probers: PodProbers, pod: str | None) -> ProbeResult:
+    """Probe once, on the host or (`pod` given) inside that pod's network namespace."""
+    return await probers.run(probe_spec(health), container=container, pod=pod)
 
 
 def start_budget(health: Health) -> float:

@@ -19,10 +19,8 @@ class Finding:
 
 
 def errors(profile: Profile) -> Iterator[Finding]:
-    published, clashes = _published_ports(profile)
     yield from _references(profile)
-    yield from _probe_ports(profile, published)
-    yield from clashes
+    yield from _published_ports(profile)[1]
     yield from _cycles(profile)
     yield from _gpu_budget_owners(profile)
     if isinstance(profile.gpu.memory, int):
@@ -125,17 +123,16 @@ def _references(profile: Profile) -> Iterator[Finding]:
                 )
 
 
-def _probe_ports(profile: Profile, published: dict[tuple[str, int], int]) -> Iterator[Finding]:
-    for name, svc in profile.services.items():
-        if svc.health is None or (protocol := KINDS[svc.health.kind].transport) == "exec":
-            continue
-        port: int = getattr(svc.health.probe, "port")  # noqa: B009 - every non-exec probe has one
-        if (protocol, port) not in published:
-            yield Finding(
-                ("services", name, "health", svc.health.kind, "port"),
-                f"{port}/{protocol} is not published in pod.ports (the agent probes host ports on"
-                f" 127.0.0.1; publish it, or use an exec probe)",
-            )
+def probe_pod(profile: Profile, name: str) -> str | None:
+    """The pod in whose network namespace the service's probe runs, or None: on the host.
+
+    A published port is probed on the host, the way a client there reaches it; any other port is
+    probed where the service listens, inside the pod, so nothing is published for the agent's sake."""
+    health = profile.services[name].health
+    if health is None or (protocol := KINDS[health.kind].transport) == "exec":
+        return None
+    port: int = getattr(health.probe, "port")  # noqa: B009 - every non-exec probe has one
+    return None if (protocol, port) in _published_ports(profile)[0] else names.Names(profile.name).pod
 
 
 def _published_ports(profile: Profile) -> tuple[dict[tuple[str, int], int], list[Finding]]:

@@ -75,6 +75,20 @@ probe_stun() { # PORT TIMEOUT: a Binding Success Response (0x0101) carrying our 
   answer=$(timeout "$2" bash -c '_stun_ask "$1" "$2"' _ "$1" "$tid" 2>/dev/null) || return 1
   [[ ${answer:0:4} == 0101 && ${answer:8:32} == "2112a442$tid" ]]
 }
+export -f probe_tcp probe_http probe_websocket probe_grpc probe_stun
+# podman: a port the pod does not publish is probed inside the pod's network namespace, where it
+# listens (rootless: join podman's user namespace first, keeping our own uid)
+in_pod() { # PROBE ARGS...
+  local infra pid
+  infra=$(podman pod inspect -f '{{.InfraContainerID}}' "$POD" 2>/dev/null) || return 1
+  pid=$(podman container inspect -f '{{.State.Pid}}' "$infra" 2>/dev/null) || return 1
+  [[ $pid =~ ^[1-9][0-9]*$ ]] || return 1
+  if ((EUID == 0)); then
+    nsenter -t "$pid" -n -- bash -c '"$@"' _ "$@"
+  else
+    nsenter -t "$pid" -U --preserve-credentials -n -- bash -c '"$@"' _ "$@"
+  fi
+}
 
 # One supervisor per service: starts it, restarts it per the profile's policy and backoff.
 supervise() { # NAME POLICY BACKOFF_INITIAL BACKOFF_MAX MULTIPLIER MAX_RESTARTS WINDOW
