@@ -19,6 +19,7 @@ from hypothesis import strategies as st
 from sparc_agent.profile.load import ProfileInvalid, load_profile
 from sparc_agent.profile.model import Mount, Profile
 from sparc_agent.render import Names, Target, render
+from sparc_agent.versions import Version
 
 QUADLET = "/usr/libexec/podman/quadlet"
 ROOT = Path(__file__).resolve().parent.parent
@@ -331,3 +332,43 @@ def test_nasty_values_arrive_literally(podman: str, tmp_path: Path) -> None:
     assert words[-len(NASTY) :] == NASTY
     for i, value in enumerate(NASTY):
         assert f"V{i}={value}" in words
+
+
+@pytest.mark.parametrize(
+    ("podman", "quadlet", "fallback"),
+    [("4.3", "5.4", True), ("5.4", "4.6", True), ("4.4", "4.8", False), ("5.4", "5.4", False)],
+)
+def test_volume_driver_and_options_fall_back_to_a_unit_of_ours(
+    podman: str, quadlet: str, fallback: bool, tmp_path: Path
+) -> None:
+    # .volume needs quadlet >= 4.8 (VolumeName=) and podman >= 4.4 (volume create --ignore); below either,
+    # a plain unit creates the volume with its driver and options (podman has had both for years)
+    doc = {
+        "apiVersion": "sparc-agent/v1",
+        "name": "s",
+        "volumes": {
+            "data": {"driver": "local", "options": {"type": "tmpfs", "device": "tmpfs", "o": "nodev"}}
+        },
+        "services": {"web": {"image": "localhost/web:1", "volumes": ["data:/data", "plain:/plain"]}},
+    }
+    doc["volumes"]["plain"] = {}
+    path = tmp_path / "p.yaml"
+    path.write_text(yaml.safe_dump(doc))
+    target = Target(podman=Version.parse(podman), quadlet=Version.parse(quadlet))
+    files = render(load_profile(str(path)).profile, target)
+    units, _ = generate(files, tmp_path / "w")
+    web = units["s-web.service"]
+    assert ("containers/systemd/s-data.volume" in files) is not fallback
+    if fallback:
+        volume = units["s-data-volume.service"]
+        create = exec_start_words_of(next(ln for ln in volume.splitlines() if ln.startswith("ExecStart=-")))
+        assert create[:3] == ["-/usr/bin/podman", "volume", "create"]
+        assert create[3:] == [
+            "--driver", "local", "--opt", "device=tmpfs", "--opt", "o=nodev", "--opt", "type=tmpfs",
+            "--label", "io.sparc-agent.stack=s", "s-data",
+        ]  # fmt: skip
+        assert "Requires=s-data-volume.service" in web and "After=s-data-volume.service" in web
+        assert "s-plain-volume.service" not in units  # no driver or options: podman creates it on first use
+    else:
+        assert "Driver=local" in files["containers/systemd/s-data.volume"]
+    verify(units, tmp_path / "w")

@@ -130,3 +130,16 @@ def test_render_without_a_version_flag_uses_the_detected_quadlet(
         out[quadlet] = sorted(str(p.relative_to(dest)) for p in dest.rglob("*") if p.is_file())
     assert "containers/systemd/s.pod" not in out["/usr/libexec/podman/quadlet"]
     assert "containers/systemd/s.pod" in out["/opt/quadlet"]
+
+
+def test_a_too_old_quadlet_is_named_as_quadlet_with_both_versions() -> None:
+    from sparc_agent.profile.model import Profile
+    from sparc_agent.render import RenderError, render
+
+    profile = Profile.model_validate(
+        {"apiVersion": "sparc-agent/v1", "name": "s", "services": {"web": {"image": "localhost/web:1"}}}
+    )
+    with pytest.raises(
+        RenderError, match=r"quadlet generator must be >= 4\.4 \(target: quadlet 4\.3, podman 5\.4\)"
+    ):
+        render(profile, Target(podman=Version(5, 4), quadlet=Version(4, 3)))

@@ -111,6 +111,10 @@ class Names:
     def volume_file(self, volume: str) -> str:
         return f"{QUADLET_DIR}/{self.volume(volume)}.volume"
 
+    def volume_unit_file(self, volume: str) -> str:
+        """The plain unit that creates a volume where quadlet's .volume cannot (render's fallback)."""
+        return f"{UNIT_DIR}/{self.volume_unit(volume)}"
+
     def service_unit(self, service: str) -> str:
         return unit_of(self.container_file(service))
 

@@ -11,6 +11,7 @@ from __future__ import annotations
 import hashlib
 import math
 import posixpath
+from dataclasses import dataclass
 from functools import cache
 from importlib import resources
 from typing import Any
@@ -114,28 +115,14 @@ def seconds(value: float) -> str:
 
 def render(profile: Profile, target: Target) -> dict[str, str]:
     if not target.has("quadlet"):
-        raise RenderError(f"quadlet needs podman >= 4.4 (target is podman {target.quadlet})")
+        raise RenderError(
+            f"the quadlet generator must be >= 4.4 (target: quadlet {target.quadlet}, podman {target.podman})"
+        )
     names = Names(profile.name)
     labels = names.labels()
     files: dict[str, str] = {}
-    volume_files = target.has("VolumeName") and target.podman >= PODMAN_VOLUME_CREATE_IGNORE
-
-    for name, decl in profile.volumes.items():
-        if not volume_files:
-            if decl.driver or decl.options:
-                raise RenderError(
-                    f"volumes.{name}: driver/options need podman >= 4.8 (target is podman {target.quadlet})"
-                )
-            continue  # `Volume=stack-name:/dst` makes podman create it on first use
-        files[names.volume_file(name)] = _template(
-            "quadlets/volume.volume.j2",
-            profile.name,
-            description=f"sparc-agent stack {profile.name}: volume {name}",
-            volume_name=names.volume(name),
-            driver=decl.driver,
-            options=",".join(f"{k}={v}" for k, v in sorted(decl.options.items())),
-            labels=labels,
-        )
+    volumes = _volumes(profile, names, target)
+    files.update(volumes.files)
 
     ports = [_publish(str(p), p.host_ip or profile.pod.bind, p.host_ip) for p in profile.pod.ports]
     pod_view = dict(
@@ -156,7 +143,7 @@ def render(profile: Profile, target: Target) -> dict[str, str]:
 
     for name in start_order(profile):
         files[names.container_file(name)] = _container(
-            profile, name, profile.services[name], names, target, volume_files
+            profile, name, profile.services[name], names, target, volumes
         )
 
     files[names.target_file] = _template(
@@ -195,8 +182,61 @@ def _id_file_cleanup(target: Target, suffix: str) -> list[str]:
     return [f"-/bin/rm -f %t/%N.{suffix}"] if target.podman < PODMAN_DELETES_ID_FILES else []
 
 
+# what a .volume file can say of `options` (quadlet refuses Options= without Device=); anything else
+# goes through the fallback unit, which passes every option to `podman volume create --opt`
+_VOLUME_KEYS = {"device": "Device", "type": "Type", "o": "Options"}
+
+
+@dataclass(frozen=True)
+class _Volumes:
+    files: dict[str, str]
+    quadlet: frozenset[str]  # volumes with a .volume file: a mount names NAME.volume
+    units: frozenset[str]  # volumes a unit of ours creates (units/volume.service.j2): containers require it
+
+
+def _volumes(profile: Profile, names: Names, target: Target) -> _Volumes:
+    """A .volume where quadlet and podman can say it all; else, for a driver or options, a plain unit
+    that runs `podman volume create`; else nothing: `Volume=STACK-NAME:/dst` creates it on first use."""
+    # .volume needs VolumeName= (quadlet 4.8) and podman's `volume create --ignore` (4.4) underneath
+    volume_files = target.has("VolumeName") and target.podman >= PODMAN_VOLUME_CREATE_IGNORE
+    files: dict[str, str] = {}
+    quadlet, units = set(), set()
+    for name, decl in profile.volumes.items():
+        view = dict(
+            description=f"sparc-agent stack {profile.name}: volume {name}",
+            volume_name=names.volume(name),
+            driver=decl.driver,
+            labels=names.labels(),
+        )
+        opts = decl.options
+        expressible = set(opts) <= set(_VOLUME_KEYS) and ("o" not in opts or "device" in opts)
+        if volume_files and expressible:
+            keys = {_VOLUME_KEYS[k]: v for k, v in sorted(opts.items())}
+            files[names.volume_file(name)] = _template(
+                "quadlets/volume.volume.j2", profile.name, keys=keys, **view
+            )
+            quadlet.add(name)
+        elif decl.driver or opts:
+            options = [f"{k}={v}" for k, v in sorted(opts.items())]
+            files[names.volume_unit_file(name)] = _template(
+                "units/volume.service.j2",
+                profile.name,
+                target_unit=names.target,
+                podman=PODMAN,
+                options=options,
+                **view,
+            )
+            units.add(name)
+    return _Volumes(files, frozenset(quadlet), frozenset(units))
+
+
 def _container(
-    profile: Profile, name: str, svc: Service, names: Names, target: Target, volume_files: bool
+    profile: Profile,
+    name: str,
+    svc: Service,
+    names: Names,
+    target: Target,
+    volumes: _Volumes,
 ) -> str:
     podman_args: list[str] = []
     secrets = [f"{names.secret(secret)},type=env,target={env}" for env, secret in sorted(svc.secrets.items())]
@@ -240,6 +280,11 @@ def _container(
         description=f"sparc-agent stack {profile.name}: service {name}",
         target_unit=names.target,
         pod_units=pod_units,
+        requires=[
+            names.volume_unit(m.source)
+            for m in svc.volumes
+            if m.is_named_volume and m.source in volumes.units
+        ],
         dependencies=[names.service_unit(dep) for dep in svc.depends_on],
         start_limit_interval=seconds(policy.window),
         # the first start plus max_restarts restarts may happen within the window; one more is a crash loop
@@ -250,7 +295,7 @@ def _container(
         exec=list(svc.command) if svc.command else None,
         environment=[f"{k}={v}" for k, v in sorted(svc.env.items())],
         secrets=secrets,
-        volumes=[_volume(m, names, volume_files) for m in svc.volumes],
+        volumes=[_volume(m, names, volumes.quadlet) for m in svc.volumes],
         devices=_gpu_devices(svc.gpus),
         labels=names.labels(name),
         log_driver=log_driver,
@@ -264,11 +309,11 @@ def _container(
     )
 
 
-def _volume(mount: Mount, names: Names, volume_files: bool) -> str:
+def _volume(mount: Mount, names: Names, quadlet_volumes: frozenset[str]) -> str:
     if mount.is_named_volume:
         source = (
             posixpath.basename(names.volume_file(mount.source))
-            if volume_files
+            if mount.source in quadlet_volumes
             else names.volume(mount.source)
         )
     else:  # a leading ~ stays: the template's `path` filter makes it %h, escaped once
