@@ -9,6 +9,19 @@ from __future__ import annotations
 from sparc_agent.profile.model import PortSpec, Profile
 
 
+def source_label(source: str) -> str:
+    """The profile's path as an export's header comment names it.
+
+    The path comes from the command line, not from the validated profile: a newline in a file name
+    would end the comment and start a shell command (SLURM), a live key (YAML) or a directive (NGINX).
+    A name that is not plainly printable is written escaped, as Python's ascii() does: quoted, with
+    \\n, \\x85, \\u2028 and the like spelled out.
+    """
+    if not source:
+        return "a profile"
+    return source if source.isprintable() else ascii(source)
+
+
 def published(profile: Profile, host_port: int, protocol: str) -> tuple[PortSpec, int] | None:
     """The pod.ports entry publishing host_port/protocol and the container port it maps to."""
     for spec in profile.pod.ports:
