@@ -8,6 +8,7 @@ import subprocess
 import time
 from importlib import resources
 from pathlib import Path
+from typing import Any
 
 import pytest
 import yaml
@@ -99,6 +100,67 @@ def test_secrets_are_read_at_job_start_never_written(tmp_path: Path) -> None:
         assert f'{prefix}A="$SECRET_a" {prefix}B="$SECRET_b" exec' in text
 
 
+# apptainer's --env splits its value at commas; the env file does not. A stand-in for apptainer (not
+# installable here) reads --env-file the way apptainer does, with a POSIX shell, and prints one variable.
+FAKE_APPTAINER = """#!/bin/sh
+while [ "$1" != --env-file ]; do shift; done
+exec sh -c 'set -a; . "$1"; printf %s "$TRICKY"' _ "$2"
+"""
+
+
+@pytest.mark.unit
+def test_apptainer_env_values_keep_commas_quotes_and_dollars(tmp_path: Path) -> None:
+    value = "a,b=c d'e\"f $HOME `id` \\n,"
+    doc = {
+        "apiVersion": "sparc-agent/v1",
+        "name": "t",
+        "services": {"web": {"image": "localhost/x:1", "env": {"TRICKY": value, "PLAIN": "1"}}},
+    }
+    path = tmp_path / "p.yaml"
+    path.write_text(yaml.safe_dump(doc))
+    script = export_slurm(load_profile(str(path)).profile, SlurmOptions(runtime="apptainer"))
+    start = script[script.index("start_web() {") :]
+    start = start[: start.index("\n}\n") + 3]
+    assert "--env " not in start  # every value goes through the file
+    bin_dir = tmp_path / "bin"
+    bin_dir.mkdir()
+    (bin_dir / "apptainer").write_text(FAKE_APPTAINER)
+    (bin_dir / "apptainer").chmod(0o755)
+    run = tmp_path / "run"
+    run.mkdir()
+    done = subprocess.run(
+        ["bash", "-c", f"{start}\nSPARC_RUN={run} SIF_web=x start_web"],
+        env={**os.environ, "PATH": f"{bin_dir}:{os.environ['PATH']}"},
+        capture_output=True,
+        text=True,
+        timeout=30,
+    )
+    assert done.returncode == 0, done.stderr
+    assert done.stdout == value
+
+
+@pytest.mark.unit
+@pytest.mark.parametrize(
+    ("runtime", "bind", "warned"),
+    [("apptainer", None, True), ("podman", None, False), ("apptainer", "0.0.0.0", False)],
+)
+def test_apptainer_warns_that_the_loopback_bind_is_not_enforced(
+    runtime: str, bind: str | None, warned: bool, tmp_path: Path
+) -> None:
+    doc: dict[str, Any] = {
+        "apiVersion": "sparc-agent/v1",
+        "name": "t",
+        "pod": {"ports": ["8000:8000"], **({"bind": bind} if bind else {})},
+        "services": {"web": {"image": "localhost/x:1"}},
+    }
+    path = tmp_path / "p.yaml"
+    path.write_text(yaml.safe_dump(doc))
+    result = CliRunner().invoke(export, ["slurm", str(path), "--runtime", runtime])
+    assert result.exit_code == 0, result.output
+    assert ("warning: apptainer shares the node's network" in result.stderr) is warned
+    assert "warning" not in result.stdout
+
+
 @pytest.mark.unit
 @pytest.mark.parametrize(
     ("args", "message"),
@@ -153,7 +215,7 @@ def test_recipe_overrides_map_onto_set_and_overlays(tmp_path: Path) -> None:
         "#SBATCH --gres=gpu:4",
         "#SBATCH --account=p200981",
         "#SBATCH --qos=default",
-        "--env LOG_LEVEL=debug",
+        "LOG_LEVEL=debug",  # apptainer: a line of the service's env file
     ]:
         assert line in result.output
 

@@ -108,7 +108,7 @@ def slurm(
 ) -> str:
     """A SLURM batch script that runs PROFILE's services on one node (apptainer or podman)."""
     from sparc_agent.export import partitions
-    from sparc_agent.export.slurm import SlurmOptions, export_slurm
+    from sparc_agent.export.slurm import SlurmOptions, export_slurm, warnings
 
     options = SlurmOptions(
         runtime="podman" if runtime == "podman" else "apptainer", time=time_limit, output=log_pattern, **job
@@ -120,6 +120,8 @@ def slurm(
             " scheduler (check with sbatch --test-only)",
             err=True,
         )
+    for warning in warnings(profile, options):
+        click.echo(f"warning: {warning}", err=True)
     return text
 
 

@@ -9,13 +9,14 @@ from __future__ import annotations
 
 import math
 import re
+from collections.abc import Mapping
 from dataclasses import dataclass
 from functools import cache
 from importlib import resources
 from typing import Literal
 
 from sparc_agent.errors import InvalidInput
-from sparc_agent.export import container_port, host_ip, partitions, source_label
+from sparc_agent.export import container_port, host_ip, is_loopback, partitions, source_label
 from sparc_agent.export.shell import sh_path, sh_quote, sh_words
 from sparc_agent.probes import ExecSpec, GrpcSpec, HttpSpec, StunSpec, WebSocketSpec
 from sparc_agent.probes.grpc import encode_request
@@ -224,7 +225,8 @@ def _apptainer_run(name: str, svc: Service, notes: list[str]) -> list[str]:
         notes.append(
             f"{name}: cpu/memory/pids limits not applied per service (the job's cgroup is the limit)"
         )
-    args += [f"--env {sh_quote(f'{k}={v}')}" for k, v in svc.env.items()]
+    if svc.env:  # not --env: apptainer splits its value at commas ("A=1,2" sets A=1 and a stray "2")
+        args.append(f'--env-file "$SPARC_RUN"/{name}.env')
     for m in svc.volumes:
         src = f'"$SPARC_VOLUME_DIR"/{sh_quote(m.source)}' if m.is_named_volume else sh_path(m.source)
         ro = ":ro" if "ro" in m.options else ""
@@ -233,6 +235,12 @@ def _apptainer_run(name: str, svc: Service, notes: list[str]) -> list[str]:
         args.append(f"-B {src}:{sh_quote(m.target + ro)}")
     args.append(f'"${_var("SIF", name)}"')
     return args
+
+
+def _env_file(env: Mapping[str, str]) -> str:
+    """The lines of an apptainer --env-file, each one bash word. Apptainer reads the file with its
+    built-in POSIX shell interpreter, so each value is quoted for that shell too."""
+    return sh_words([f"{key}={sh_quote(value)}" for key, value in env.items()])
 
 
 def _start(profile: Profile, name: str, svc: Service, runtime: Runtime, notes: list[str]) -> list[str]:
@@ -245,6 +253,8 @@ def _start(profile: Profile, name: str, svc: Service, runtime: Runtime, notes: l
     if svc.command:
         args.append(sh_words(svc.command))
     lines = [f"start_{_fn(name)}() {{"]
+    if runtime == "apptainer" and svc.env:  # rewritten at each start: SPARC_RUN is the job's own
+        lines.append(f"  printf '%s\\n' {_env_file(svc.env)} >\"$SPARC_RUN\"/{name}.env")
     body = " ".join([*secret_env, "exec"]) + " " + args[0]
     rest = args[1:]
     lines.append(f"  {body}" + (" \\" if rest else ""))
@@ -394,6 +404,17 @@ def _main(profile: Profile) -> list[str]:
         )
     out += [f'log "all {len(profile.services)} services healthy"', "wait"]
     return out
+
+
+def warnings(profile: Profile, options: SlurmOptions) -> list[str]:
+    """What the user must know before submitting: said on stderr, not only inside the script."""
+    if options.runtime == "apptainer" and any(is_loopback(host_ip(profile, p)) for p in profile.pod.ports):
+        return [
+            "apptainer shares the node's network: the ports the profile binds to 127.0.0.1 listen on"
+            " whatever address each service picks, so other users of the node may reach them"
+            " (--runtime podman keeps the loopback bind)"
+        ]
+    return []
 
 
 def export_slurm(profile: Profile, options: SlurmOptions = SlurmOptions(), source: str = "") -> str:
