@@ -1,8 +1,10 @@
-"""A profile's file name reaches every export's header comment: a crafted one (newline, CR, NEL,
+"""What `export -o` writes, and where the profile's name goes: a crafted file name (newline, CR, NEL,
 U+2028) must stay inside the comment, never become a shell command, a YAML key or an NGINX directive."""
 
 from __future__ import annotations
 
+import os
+import stat
 import subprocess
 from pathlib import Path
 
@@ -62,3 +64,22 @@ def test_nginx_config_gets_no_directive_from_the_file_name(tmp_path: Path) -> No
     path = _crafted(tmp_path, "\nserver { listen 9; }\n#")
     text = _export("nginx", str(path))
     assert [line for line in text.splitlines() if "listen 9" in line and not line.startswith("#")] == []
+
+
+@pytest.mark.parametrize(("command", "mode"), [("slurm", 0o755), ("kube", 0o644), ("nginx", 0o644)])
+def test_output_file_gets_its_mode_on_the_open_file_not_by_path(
+    command: str, mode: int, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # a chmod by path after the rename would follow whatever was swapped in under that name
+    def no_chmod_by_path(*args: object, **kwargs: object) -> None:
+        raise AssertionError(f"chmod by path: {args}")
+
+    monkeypatch.setattr(os, "chmod", no_chmod_by_path)
+    monkeypatch.setattr(os, "lchmod", no_chmod_by_path, raising=False)
+    path = _crafted(tmp_path, "")
+    out = tmp_path / "out" / "file"
+    result = CliRunner().invoke(export, [command, str(path), "-o", str(out)])
+    assert result.exit_code == 0, result.output
+    assert stat.S_IMODE(out.stat().st_mode) == mode
+    assert out.read_text() == _export(command, str(path))
+    assert [p.name for p in out.parent.iterdir()] == ["file"]  # no temp file left behind

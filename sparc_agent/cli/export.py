@@ -23,8 +23,9 @@ def _write(text: str, out: str | None, what: str, mode: int) -> None:
         return
     from sparc_agent.state.files import write_atomic
 
-    write_atomic(Path(out), text.encode())
-    Path(out).chmod(mode)
+    # the mode is set on the open file before it takes the name (fchmod), not on the path afterwards,
+    # where a file swapped in under that name (a link elsewhere) would get it
+    write_atomic(Path(out), text.encode(), mode=mode)
     click.echo(f"wrote {what} to {out}", err=True)
 
 
