@@ -84,7 +84,7 @@ def metrics() -> Metrics:
     def it() -> Iterator[tuple[str, ServiceMachine]]:
         yield from machines
 
-    return Metrics(it, lambda: {"s-riva.service": 3590 << 20, "other.service": 1})
+    return Metrics(it, lambda: {"s-riva.service": 3590 << 20, "other.service": 1, "": 5 << 20})
 
 
 def _samples(text: str) -> set[str]:
@@ -137,6 +137,7 @@ def test_events_and_present_state_become_samples(metrics: Metrics) -> None:
     assert 'sparc_service_gpu_memory_bytes{service="riva",stack="s"} 3.76438784e+09' in samples
     assert not any(s.startswith('sparc_service_gpu_memory_bytes{service="mas"') for s in samples)
     assert 'sparc_service_gpu_memory_budget_bytes{service="riva",stack="s"} 3.221225472e+09' in samples
+    assert "sparc_gpu_memory_unattributed_bytes 5.24288e+06" in samples
     assert any(s.startswith('sparc_agent_build_info{python="') for s in samples)
     assert any(s.startswith('sparc_service_last_transition_timestamp_seconds{service="mas"') for s in samples)
 

@@ -210,6 +210,10 @@ class _PresentCollector:
         budget = GaugeMetricFamily(
             "sparc_service_gpu_memory_budget_bytes", "The service's resources.gpu_memory", labels=labels
         )
+        lost = GaugeMetricFamily(
+            "sparc_gpu_memory_unattributed_bytes",
+            "GPU memory of processes whose cgroup names no unit (not counted in any service's)",
+        )
         now, wall = time.monotonic(), time.time()
         machines = list(self.metrics._machines())
         by_unit = self._gpu(machines)
@@ -222,7 +226,9 @@ class _PresentCollector:
                 gpu.add_metric([stack, name], float(by_unit.get(m.plan.unit, 0)))
             if m.plan.gpu_memory_budget is not None:
                 budget.add_metric([stack, name], float(m.plan.gpu_memory_budget))
-        yield from (state, since, gpu, budget)
+        if by_unit is not None:
+            lost.add_metric([], float(by_unit.get("", 0)))  # host.gpu.UNATTRIBUTED
+        yield from (state, since, gpu, budget, lost)
 
     def _gpu(self, machines: list[tuple[str, ServiceMachine]]) -> Mapping[str, int] | None:
         if self.metrics._gpu_memory is None or not any(m.plan.gpu for _, m in machines):

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from typing import TextIO
 
-from sparc_agent.host.gpu import GpuUnavailable, gib, sample_by_unit
+from sparc_agent.host.gpu import UNATTRIBUTED, GpuUnavailable, gib, sample_by_unit
 from sparc_agent.profile.model import Profile
 from sparc_agent.profile.rules import gpu_budget_of
 
@@ -20,9 +20,18 @@ def check(profile: Profile, name: str, unit: str, log: TextIO) -> tuple[bool, st
     if budget is None:
         return True, ""
     try:
-        used = sample_by_unit().get(unit, 0)
+        by_unit = sample_by_unit()
     except GpuUnavailable as exc:
         print(f"warning: {name}: GPU memory not checked against its budget: {exc}", file=log, flush=True)
+        return True, ""
+    used, lost = by_unit.get(unit, 0), by_unit.get(UNATTRIBUTED, 0)
+    if used == 0 and lost:
+        print(
+            f"warning: {name}: GPU memory not checked against its budget: {gib(lost)} is held by processes"
+            " in no unit's cgroup (cannot tell whose)",
+            file=log,
+            flush=True,
+        )
         return True, ""
     if used <= budget:
         print(f"{name} holds {gib(used)} of its {gib(budget)} GPU memory budget", file=log, flush=True)

@@ -119,7 +119,7 @@ async def _status(stack: str) -> dict[str, Any]:
 
 def _gpu_memory(profile: Profile, rows: list[ServiceStatus]) -> str | None:
     """Fill in each GPU service's memory from NVML; the reason when it cannot be read."""
-    from sparc_agent.host.gpu import GpuUnavailable, sample_by_unit
+    from sparc_agent.host.gpu import UNATTRIBUTED, GpuUnavailable, gib, sample_by_unit
     from sparc_agent.profile.rules import gpu_budget_of
 
     gpu_rows = [r for r in rows if profile.services[r.service].gpus is not None]
@@ -132,7 +132,8 @@ def _gpu_memory(profile: Profile, rows: list[ServiceStatus]) -> str | None:
     for row in gpu_rows:
         row.gpu_memory_bytes = by_unit.get(row.unit, 0)
         row.gpu_memory_budget_bytes = gpu_budget_of(profile, row.service)
-    return None
+    lost = by_unit.get(UNATTRIBUTED, 0)
+    return f"GPU memory of processes in no service's unit: {gib(lost)} (not counted above)" if lost else None
 
 
 def status(stack: str) -> dict[str, Any]:
@@ -162,8 +163,7 @@ def format_status(report: dict[str, Any]) -> str:
 def _format_gpu(report: dict[str, Any]) -> list[str]:
     from sparc_agent.host.gpu import gib
 
-    if report.get("gpu_note"):
-        return [str(report["gpu_note"])]
+    note = [str(report["gpu_note"])] if report.get("gpu_note") else []
     parts = []
     for s in report["services"]:
         used, budget = s.get("gpu_memory_bytes"), s.get("gpu_memory_budget_bytes")
@@ -173,7 +173,7 @@ def _format_gpu(report: dict[str, Any]) -> list[str]:
         if budget is not None:
             text += f" of {gib(budget)}" + (" (OVER BUDGET)" if used > budget else "")
         parts.append(text)
-    return [f"GPU memory: {', '.join(parts)}"] if parts else []
+    return ([f"GPU memory: {', '.join(parts)}"] if parts else []) + note
 
 
 def _format_supervisor(report: dict[str, Any]) -> str:

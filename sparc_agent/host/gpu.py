@@ -195,16 +195,22 @@ def _innermost_unit(path: str) -> str | None:
     return None
 
 
+UNATTRIBUTED = ""  # the key of memory held by processes whose cgroup names no unit
+
+
 def memory_by_unit(processes: Iterable[GpuProcess], proc: Path = Path("/proc")) -> dict[str, int]:
-    """GPU memory (bytes, all GPUs together) per systemd unit; processes NVML cannot size are skipped."""
+    """GPU memory (bytes, all GPUs together) per systemd unit; processes NVML cannot size are skipped.
+
+    Memory of processes in no unit's cgroup is summed under UNATTRIBUTED, so that nobody reads a
+    service's 0 as "uses none" when its processes were only not found (rootless podman on cgroup v1
+    runs containers with --cgroups=enabled, in scopes outside their unit)."""
     out: dict[str, int] = {}
     for p in processes:
         if p.used is None:
             continue
         text = p.cgroup if p.cgroup is not None else read_cgroup(p.pid, proc)
-        unit = unit_of_cgroup(text) if text else None
-        if unit is not None:
-            out[unit] = out.get(unit, 0) + p.used
+        unit = (unit_of_cgroup(text) if text else None) or UNATTRIBUTED
+        out[unit] = out.get(unit, 0) + p.used
     return out
 
 
