@@ -99,6 +99,13 @@ def test_cli_bad_option_exits_2_and_writes_nothing(tmp_path: Path) -> None:
     result = CliRunner().invoke(export, ["nginx", AVATAR, "--api", "nope", "-o", str(out)])
     assert result.exit_code == 2, result.output
     assert "has no service 'nope'" in result.output and not out.exists()
+    # the example does not publish the MAS: say how to, rather than write a proxy to nowhere
+    unpublished = CliRunner().invoke(export, ["nginx", AVATAR, "-o", str(out)])
+    assert unpublished.exit_code == 2 and not out.exists()
+    assert (
+        '--api mas: TCP port 8000 is not published in pod.ports (add "127.0.0.1:8000:8000"'
+        in unpublished.stderr
+    )
 
 
 # ---------------------------------------------------------------- a real NGINX
@@ -138,7 +145,11 @@ http {{
 @pytest.mark.e2e
 def test_nginx_t_accepts_the_example(tmp_path: Path) -> None:
     _need_nginx()
-    result = CliRunner().invoke(export, ["nginx", AVATAR, "--listen", f"127.0.0.1:{free_port()}"])
+    # the example keeps the MAS unpublished; proxying /api is what publishes it, on 127.0.0.1 (docs/export.md)
+    example = Path(AVATAR).read_text()
+    profile = tmp_path / "avatar.yaml"
+    profile.write_text(example.replace("  ports:\n", '  ports:\n    - "8000:8000"\n', 1))
+    result = CliRunner().invoke(export, ["nginx", str(profile), "--listen", f"127.0.0.1:{free_port()}"])
     assert result.exit_code == 0, result.output
     conf = _conf(tmp_path, result.stdout)  # the warnings go to stderr
     proc = subprocess.run([NGINX, "-t", "-c", str(conf), "-p", str(tmp_path)], capture_output=True, text=True)

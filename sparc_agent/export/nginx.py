@@ -68,7 +68,10 @@ def resolve_route(
         )
     found = published(profile, port, "tcp")
     if found is None:
-        raise InvalidInput(f"{option} {choice}: TCP port {port} is not published in pod.ports")
+        raise InvalidInput(
+            f"{option} {choice}: TCP port {port} is not published in pod.ports"
+            f' (add "127.0.0.1:{port}:{port}": NGINX reaches the service through it)'
+        )
     if is_loopback(host_ip(profile, found[0])) and not (is_loopback(upstream) or upstream == "localhost"):
         raise InvalidInput(
             f"{option} {choice}: port {port} is published on {host_ip(profile, found[0])} only, which NGINX"
