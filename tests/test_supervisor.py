@@ -2,8 +2,11 @@
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import io
 import json
+import signal
 import socket
 import struct
 from typing import Any
@@ -20,6 +23,7 @@ from sparc_agent.agent.supervisor import (
     State,
     UnitView,
 )
+from sparc_agent.errors import ManagerDisconnected, SystemdError
 
 pytestmark = pytest.mark.unit
 
@@ -91,7 +95,7 @@ def test_hang_is_confirmed_after_retries_then_restarted_after_backoff() -> None:
     assert m.state is State.BACKOFF and m.backoff_until == pytest.approx(5.5)
     assert m.due(5.0) is None
     action = m.due(5.5)
-    assert action == Action(Act.RESTART, "unhealthy: timed out after 1s", 1)
+    assert action == Action(Act.RESTART, "unhealthy: timed out after 1s", 1, kill_after=0.0)
     assert m.due(5.6) is None  # busy: never two at once
     m.on_action_done(action, True, 6.2)
     assert m.state is State.STARTING and m.restarts_in_window(6.2) == 1
@@ -411,3 +415,143 @@ def test_the_runner_hands_every_event_to_its_listeners(tmp_path: Any) -> None:
     runner.flush(runner.machines["web"])
     runner.feed_probe("web", OK)
     assert seen == [("s", "state", "STARTING"), ("s", "probe", "STARTING"), ("s", "state", "HEALTHY")]
+
+
+# ---------------------------------------------------------------- actions that end without an outcome
+
+
+def unhealthy_restart_due(m: ServiceMachine, t: float) -> Action:
+    m.on_probe(FAIL, t)
+    m.on_probe(FAIL, t + 1.0)
+    action = m.due(t + 10.0)
+    assert action is not None and action.act is Act.RESTART and m.busy
+    return action
+
+
+def test_a_cancelled_restart_leaves_nothing_in_flight_and_is_counted_once_it_shows() -> None:
+    m = healthy_machine()
+    action = unhealthy_restart_due(m, 3.0)
+    m.on_action_cancelled(action, 14.0)
+    assert not m.busy
+    m.on_unit(UnitView("deactivating", "stop-sigterm", "success", 0, 100, "a"), 14.1)
+    m.on_unit(running("b"), 14.5)  # systemd carried the restart out after all
+    assert m.state is State.STARTING and m.restarts_total == 1
+    m.on_probe(OK, 14.6)
+    assert m.state is State.HEALTHY and m.probe_due(14.6 + m.plan.interval)
+
+
+def test_a_cancelled_restart_that_never_happened_is_tried_again() -> None:
+    m = healthy_machine()
+    action = unhealthy_restart_due(m, 3.0)
+    m.on_action_cancelled(action, 14.0)
+    m.on_unit(running("a"), 14.5)  # the same process: nothing happened
+    again = m.due(14.6)
+    assert again is not None and again.act is Act.RESTART
+    m.on_action_done(again, True, 15.0)
+    m.on_unit(running("b"), 15.0)
+    assert m.restarts_total == 1  # counted once
+
+
+def test_a_cancelled_hold_owes_a_start() -> None:
+    m = healthy_machine()
+    m.on_unit(failed(), 10.0)
+    m.on_unit(auto_restart(n=1), 10.0)  # 1st restart: systemd's
+    m.on_unit(running("b", n=1), 11.0)
+    m.on_probe(OK, 11.2)
+    m.on_unit(failed(n=1, inv="b"), 20.0)
+    m.on_unit(auto_restart(n=1, inv="b"), 20.0)
+    hold = m.due(20.01)
+    assert hold is not None and hold.act is Act.HOLD
+    m.on_action_cancelled(hold, 20.05)
+    m.on_unit(UnitView("inactive", "dead", "signal", 1, 0, "b"), 20.1)  # the stop did happen
+    assert m.state is State.BACKOFF and not m.busy
+    start = m.due(22.0)
+    assert start is not None and start.act is Act.START
+
+
+class FakeManager:
+    """The calls an action makes, answering with `exc` or, with `release`, once it is set."""
+
+    def __init__(self, exc: BaseException | None = None) -> None:
+        self.exc = exc
+        self.release = asyncio.Event()
+        self.calls: list[str] = []
+
+    async def _job(self, verb: str) -> str:
+        self.calls.append(verb)
+        if self.exc is not None:
+            raise self.exc
+        await self.release.wait()
+        return "done"
+
+    async def restart(self, unit: str) -> str:
+        return await self._job("restart")
+
+    async def start(self, unit: str) -> str:
+        return await self._job("start")
+
+    async def stop(self, unit: str) -> str:
+        return await self._job("stop")
+
+    async def kill(self, unit: str, sig: int, whom: str) -> None:
+        self.calls.append(f"kill {sig} {whom}")
+
+
+def runner_with_machine(tmp_path: Any) -> tuple[Any, ServiceMachine]:
+    from sparc_agent.agent.runner import Agent, AgentOptions, StackRunner
+    from sparc_agent.state.paths import Paths
+
+    agent = Agent(AgentOptions(log_format="json"), Paths.from_env({"XDG_STATE_HOME": str(tmp_path)}))
+    runner = StackRunner(tmp_path, StackPlan("s", 1, (plan(stop_grace=0.05),)), agent)
+    runner.carry_over(None, systemd_grows_delay=False)
+    m = runner.machines["web"]
+    m.adopt_running(running(), 0.0)
+    m.on_probe(OK, 0.0)
+    return runner, m
+
+
+@pytest.mark.parametrize(
+    "exc",
+    [ManagerDisconnected("bus gone"), SystemdError("refused"), RuntimeError("a bug of ours")],
+    ids=["disconnected", "refused", "bug"],
+)
+def test_no_way_out_of_an_action_leaves_it_in_flight(tmp_path: Any, exc: BaseException) -> None:
+    runner, m = runner_with_machine(tmp_path)
+    action = unhealthy_restart_due(m, 3.0)
+    asyncio.run(runner._act(FakeManager(exc), m, action))
+    assert not m.busy and m.due(1e6) is not None  # supervision goes on
+
+
+def test_an_action_outlives_the_session_that_awaited_it(tmp_path: Any) -> None:
+    runner, m = runner_with_machine(tmp_path)
+    action = unhealthy_restart_due(m, 3.0)
+    mgr = FakeManager()
+
+    async def session_ends_meanwhile() -> None:
+        session = asyncio.create_task(runner._act(mgr, m, action))
+        await asyncio.sleep(0.1)
+        session.cancel()  # a new generation of another stack, a reload
+        with contextlib.suppress(asyncio.CancelledError):
+            await session
+        assert m.busy and mgr.calls == ["restart", f"kill {signal.SIGKILL} all"]  # hung: killed
+        mgr.release.set()
+        await asyncio.sleep(0.05)
+
+    asyncio.run(session_ends_meanwhile())
+    assert not m.busy and m.state is State.STARTING and m.restarts_total == 1
+
+
+def test_an_action_cut_short_by_the_agent_stopping_leaves_nothing_in_flight(tmp_path: Any) -> None:
+    runner, m = runner_with_machine(tmp_path)
+    action = unhealthy_restart_due(m, 3.0)
+
+    async def agent_stops() -> None:
+        session = asyncio.create_task(runner._act(FakeManager(), m, action))
+        await asyncio.sleep(0.1)
+        for task in runner.agent.actions:
+            task.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await session
+
+    asyncio.run(agent_stops())
+    assert not m.busy

@@ -59,7 +59,6 @@ STATE_FILE: Final = "agent-state.json"
 START_EXTEND_S: Final = 30.0  # while applying at start, ask for 3x this more start-up time, this often
 RECONCILE_S: Final = 2.0  # readlink of every stack's `current`, apply-lock check
 RESYNC_S: Final = 60.0  # re-read every unit over D-Bus, in case a signal was missed
-KILL_AFTER_S: Final = 2.0  # a restart whose stop takes longer gets SIGKILL: an unhealthy service may be hung
 RECONNECT_MAX_S: Final = 5.0
 STATE_WRITE_MIN_S: Final = 0.2  # coalesce state-file writes
 HEARTBEAT_S: Final = 10.0  # rewrite the state file this often even without changes (fresh `updated`)
@@ -268,7 +267,7 @@ class StackRunner:
         m = self.machines[service]
         m.on_probe(result, mono())
         self.flush(m)
-        self.pokes[service].set()
+        self._poke(service)
 
     @staticmethod
     async def _sleep_until(wake: float | None, poke: asyncio.Event) -> None:
@@ -278,41 +277,63 @@ class StackRunner:
                 await poke.wait()
 
     async def _act(self, mgr: UserManager, m: ServiceMachine, action: Action) -> None:
-        unit = m.plan.unit
-        log = self.agent.log.bind(stack=self.stack, service=m.plan.name)
-        log.info(
+        """Carry out `action` in a task of its own: a session that ends meanwhile (a new generation of
+        another stack, a reload) does not cut it short, and its outcome always reaches the machine."""
+        self.agent.log.info(
             "decision",
+            stack=self.stack,
+            service=m.plan.name,
             act=str(action.act),
             reason=action.reason,
             attempt=action.attempt,
             restarts=m.restarts_in_window(mono()),
         )
-        ok, detail = True, ""
-        try:
-            if action.act is Act.RESTART:
-                await mgr.reset_failed(unit)
-                await self._restart(mgr, unit, log)
-            elif action.act is Act.START:
-                await mgr.reset_failed(unit)
-                await mgr.start(unit)
-            else:  # HOLD, STOP
-                await mgr.stop(unit)
-        except ManagerDisconnected:
-            m.on_action_cancelled(action, mono())
-            raise
-        except SparcError as exc:
-            ok, detail = False, str(exc)
-        m.on_action_done(action, ok, mono(), detail)
-        self.flush(m)
+        task = asyncio.create_task(self._carry_out(mgr, m, action))
+        self.agent.actions.add(task)
+        task.add_done_callback(self.agent.actions.discard)
+        await asyncio.shield(task)
 
-    async def _restart(self, mgr: UserManager, unit: str, log: Any) -> None:
+    async def _carry_out(self, mgr: UserManager, m: ServiceMachine, action: Action) -> None:
+        ok, detail, cancelled = True, "", True
+        try:
+            await self._io(mgr, m.plan, action)
+            cancelled = False
+        except ManagerDisconnected:
+            pass  # cancelled: the next snapshot of the unit tells what happened
+        except SparcError as exc:
+            ok, detail, cancelled = False, str(exc), False
+        except Exception as exc:  # our bug: reported as a failed action, never a machine left busy
+            ok, detail, cancelled = False, f"{type(exc).__name__}: {exc}", False
+        finally:  # also when the agent stops (CancelledError): no path leaves the action in flight
+            if cancelled:
+                m.on_action_cancelled(action, mono())
+            else:
+                m.on_action_done(action, ok, mono(), detail)
+            self.flush(m)
+            self._poke(m.plan.name)
+
+    async def _io(self, mgr: UserManager, svc: ServicePlan, action: Action) -> None:
+        if action.act is Act.RESTART:
+            await self._restart(mgr, svc, action.kill_after)
+        elif action.act is Act.START:
+            await mgr.start(svc.unit)
+        else:  # HOLD, STOP
+            await mgr.stop(svc.unit)
+
+    async def _restart(self, mgr: UserManager, svc: ServicePlan, kill_after: float) -> None:
         """RestartUnit; if the stop hangs (a frozen process ignores SIGTERM), SIGKILL the unit's processes."""
-        job = asyncio.ensure_future(mgr.restart(unit))
-        done, _ = await asyncio.wait({job}, timeout=KILL_AFTER_S)
+        job = asyncio.ensure_future(mgr.restart(svc.unit))
+        done, _ = await asyncio.wait({job}, timeout=kill_after)
         if not done:
-            log.warning("kill", reason=f"stop took longer than {KILL_AFTER_S:g}s", signal="SIGKILL")
+            self.agent.log.warning(
+                "kill",
+                stack=self.stack,
+                service=svc.name,
+                reason=f"stop took longer than {kill_after:g}s",
+                signal="SIGKILL",
+            )
             with contextlib.suppress(SparcError):
-                await mgr.kill(unit, signal.SIGKILL, "all")
+                await mgr.kill(svc.unit, signal.SIGKILL, "all")
         await job
 
     def flush(self, m: ServiceMachine) -> None:
@@ -327,9 +348,16 @@ class StackRunner:
         if m.take_recovered():
             for dependent in self.plan.dependents(m.plan.name):
                 self.machines[dependent].on_dependency_recovered(m.plan.name)
-                self.pokes[dependent].set()
+                self._poke(dependent)
         if events:
             self.agent.dirty(self)
+
+    def _poke(self, service: str) -> None:
+        """Wake the service's loop, in the session that runs now (an action may outlive its session)."""
+        runner = self.agent.runners.get(self.stack, self)
+        event = runner.pokes.get(service)
+        if event is not None:
+            event.set()
 
     def resume(self) -> None:
         """An apply just finished: what it did is not a failure of ours to count."""
@@ -393,6 +421,7 @@ class Agent:
         self._instance: int | None = None  # the user manager we last talked to (UserManager.instance)
         # called with (stack, event) for every event of every machine (agent.metrics registers here)
         self.listeners: list[Listener] = []
+        self.actions: set[asyncio.Task[None]] = set()  # actions in flight (each outlives its session)
 
     # ------------------------------------------------------------ entry
 

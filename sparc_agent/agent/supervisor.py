@@ -41,6 +41,8 @@ if TYPE_CHECKING:  # the model (pydantic) stays out of the agent process: plans 
 FAST_INTERVAL_S = 0.5
 # at most this much random delay before an adopted service's first probe (kubelet jitters too)
 MAX_JITTER_S = 1.0
+# a restart whose stop takes longer gets SIGKILL (a restart for another reason than a hang: a dependency's)
+KILL_AFTER_S = 2.0
 
 
 class State(enum.StrEnum):
@@ -73,6 +75,7 @@ class ServicePlan:
     multiplier: float = 2.0
     max_restarts: int = 5
     window: float = 600.0
+    stop_grace: float = 0.0  # an unhealthy service gets SIGKILL when its stop takes longer than this
     depends_on: dict[str, str] = field(default_factory=dict)  # service -> started | healthy
     gpu: bool = False  # has `gpus`: its GPU memory is measured (metrics)
     gpu_memory_budget: int | None = None  # resources.gpu_memory, bytes
@@ -138,6 +141,7 @@ def plan_from_profile(profile: Profile, generation: int) -> StackPlan:
                 multiplier=policy.backoff.multiplier,
                 max_restarts=policy.max_restarts,
                 window=policy.window,
+                stop_grace=policy.stop_grace,
                 depends_on=dict(svc.depends_on),
                 gpu=svc.gpus is not None,
                 gpu_memory_budget=svc.resources.gpu_memory if svc.resources is not None else None,
@@ -191,6 +195,7 @@ class Action:
     reason: str
     attempt: int
     dependency: str = ""  # a restart because this `healthy` dependency recovered: not a crash of ours
+    kill_after: float = KILL_AFTER_S  # RESTART: SIGKILL the unit's processes if the stop takes longer
 
 
 # What the machine tells its listeners (and the journal): dicts with "event", "service", "state" and
@@ -236,6 +241,7 @@ class ServiceMachine:
         self._rng = rng
         self._systemd_grows_delay = systemd_grows_delay
         self._inflight: Action | None = None  # an action of ours the runner is carrying out
+        self._unconfirmed = False  # a restart of ours was cancelled before we saw whether it happened
         self._holding = False  # we stopped systemd's pending auto-restart and owe a start
         self._owed_start = False  # the user manager restarted under the running service: start it again
         self._dependency: str | None = None  # a `healthy` dependency recovered: a restart is due
@@ -325,7 +331,7 @@ class ServiceMachine:
         self.unit = None  # the old manager's view, NRestarts and InvocationID mean nothing any more
         self._n_restarts_seen = None
         self._inflight = None
-        self._holding = False
+        self._holding = self._unconfirmed = False
         self._dependency = None
         self.next_probe_at = None
         self.backoff_until = None
@@ -415,6 +421,13 @@ class ServiceMachine:
         # only a transition into active is news: other property changes of a running unit are not
         new_invocation = prev is not None and unit.invocation_id != prev.invocation_id and unit.invocation_id
         became_active = prev is None or prev.active_state != "active" or new_invocation
+        if self._unconfirmed and new_invocation:
+            self._unconfirmed = False
+            if self._episode_counted:
+                self._episode_counted = False
+            else:
+                self._count_restart(now)
+            self._emit("restart", now, by="agent", reason=self.reason, attempt=self.attempt, ok=True)
         if became_active or self._holding:
             self._holding = False
             self.backoff_until = None
@@ -573,7 +586,8 @@ class ServiceMachine:
         """The action to take now, if any; the caller runs it, then calls on_action_done."""
         self._reset_if_healthy_long(now)
         action = self._next_action(now)
-        self._inflight = action if action is not None else self._inflight
+        if action is not None:
+            self._inflight, self._unconfirmed = action, False
         return action
 
     def _next_action(self, now: float) -> Action | None:
@@ -614,12 +628,20 @@ class ServiceMachine:
         if self._budget_spent(now):
             self._fatal_budget(now, "")
             return None
-        act = Act.START if self._holding or unit.active_state != "active" else Act.RESTART
-        return Action(act, self.reason, self.attempt + 1)
+        if self._holding or unit.active_state != "active":
+            return Action(Act.START, self.reason, self.attempt + 1)
+        # it runs but failed its probes: hung, so no long wait for a SIGTERM it may never act on
+        return Action(Act.RESTART, self.reason, self.attempt + 1, kill_after=self.plan.stop_grace)
 
     def on_action_cancelled(self, action: Action, now: float) -> None:
-        """The runner could not finish `action` (its task was cancelled, the bus went away)."""
+        """The runner could not see `action` through (the bus went away, the agent is stopping): systemd
+        may or may not have acted. Nothing stays in flight; what the unit does next decides."""
         self._inflight = None
+        self._emit("action_cancelled", now, act=str(action.act), reason=action.reason)
+        if action.act is Act.HOLD:
+            self._holding = True  # if systemd's restart was stopped, a start is owed (else it runs: cleared)
+        elif action.act in (Act.RESTART, Act.START) and action.attempt > 0:
+            self._unconfirmed = True  # a new process of the unit will show that it happened: count it then
 
     def on_action_done(self, action: Action, ok: bool, now: float, detail: str = "") -> None:
         self._inflight = None

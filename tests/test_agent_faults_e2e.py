@@ -1,0 +1,96 @@
+"""Faults the agent must survive on the real test host, each timed: how long until the agent saw it
+(detection) and until the stack was healthy again (recovery). Figures are printed, never asserted.
+
+Other faults live beside the feature they exercise: the user manager restart in
+test_agent_manager_restart_e2e.py; the bus restart, a frozen service and the agent's own SIGKILL in
+test_agent_e2e.py (extended here with timings where they were not measured).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import time
+from pathlib import Path
+from typing import Any
+
+import pytest
+from stackfiles import sparc, write_profile
+from test_agent_e2e import FAST_RESTART, AgentProc, agent, agent_state, all_healthy, applied
+from testhost import UserManager, podman, wait_for
+
+pytestmark = [pytest.mark.e2e, pytest.mark.slow]
+
+
+def freeze(mgr: UserManager, service: str) -> None:
+    """SIGSTOP the container's application (under catatonit): it keeps its port and never answers."""
+    pid = podman("inspect", "-f", "{{.State.Pid}}", f"{mgr.name}-{service}").stdout.strip()
+    children = subprocess.run(["pgrep", "-P", pid], capture_output=True, text=True).stdout.split()
+    assert children, f"no process under catatonit {pid}"
+    for child in children:
+        os.kill(int(child), signal.SIGSTOP)
+
+
+def idle_stack(mgr: UserManager, services: int) -> dict[str, Any]:
+    """A second stack on the same manager: `services` idle services, no ports. (A new generation adds
+    one: restarting the only container of a pod stops the pod with it, --exit-policy=stop.)"""
+    idle = {"image": "localhost/sparc-test/bb:test", "command": ["sleep", "1000000"]}
+    return {
+        "apiVersion": "sparc-agent/v1",
+        "name": f"{mgr.name}-b",
+        "services": {f"idle{n}": idle for n in range(services)},
+    }
+
+
+def stack_states(mgr: UserManager, stack: str) -> dict[str, str]:
+    path = mgr.state_dir / "sparc-agent" / stack / "agent-state.json"
+    try:
+        return {n: s["state"] for n, s in json.loads(path.read_text())["services"].items()}
+    except (OSError, ValueError, KeyError):
+        return {}
+
+
+def apply_doc(mgr: UserManager, doc: dict[str, Any], path: Path) -> None:
+    done = sparc(mgr, "apply", str(write_profile(doc, path)))
+    assert done.returncode == 0, done.stdout + done.stderr
+
+
+def restarted_by_agent(a: AgentProc, service: str) -> list[dict[str, Any]]:
+    return a.find(event="restart", service=service, by="agent")
+
+
+def test_an_action_in_flight_outlives_the_session_that_ends_under_it(
+    user_manager: UserManager, standin_images: dict[str, str], tmp_path: Path
+) -> None:
+    """Issue 12 item 1: a new generation of *another* stack ends the agent's session while signaling's
+    restart is in flight (its stop waits 8 s for a SIGTERM the frozen process never acts on). The
+    restart must still complete and be seen, and signaling must stay supervised."""
+    mgr = user_manager
+    applied(mgr, tmp_path, signaling={"restart": {**FAST_RESTART, "stop_grace": "8s"}})
+    apply_doc(mgr, idle_stack(mgr, 1), tmp_path / "b.yaml")
+    with agent(mgr, "--no-apply") as a:
+        wait_for(lambda: all_healthy(stack_states(mgr, mgr.name)), 40, 0.1, "stack A HEALTHY")
+        wait_for(lambda: all_healthy(stack_states(mgr, f"{mgr.name}-b")), 20, 0.1, "stack B HEALTHY")
+        freeze(mgr, "signaling")
+        t0 = time.monotonic()
+        wait_for(lambda: a.find(event="decision", service="signaling", act="restart"), 20, 0.05, "decision")
+        detected = time.monotonic() - t0
+        # while the restart waits out its stop grace: a new generation of stack B ends the session
+        apply_doc(mgr, idle_stack(mgr, 2), tmp_path / "b.yaml")
+        wait_for(lambda: a.find(event="generation", stack=f"{mgr.name}-b", generation=2), 10, 0.05, "gen 2")
+        assert not restarted_by_agent(a, "signaling"), "the restart ended before the session did: no test"
+        wait_for(lambda: restarted_by_agent(a, "signaling"), 30, 0.1, "the restart seen through")
+        wait_for(lambda: all_healthy(stack_states(mgr, mgr.name)), 30, 0.1, "stack A HEALTHY again")
+        recovered = time.monotonic() - t0
+        # still supervised: the next hang is restarted too
+        freeze(mgr, "signaling")
+        wait_for(lambda: len(restarted_by_agent(a, "signaling")) >= 2, 40, 0.1, "second restart")
+        wait_for(lambda: all_healthy(stack_states(mgr, mgr.name)), 30, 0.1, "HEALTHY after the second")
+        assert all(e["ok"] for e in restarted_by_agent(a, "signaling")), a.log()
+        assert agent_state(mgr)["services"]["signaling"]["restarts_total"] == 2
+        print(
+            f"fault action-cancelled-by-session-end: detection {detected:.2f} s, recovery {recovered:.2f} s"
+            " (8 s stop grace)"
+        )
