@@ -6,7 +6,7 @@
 #   localhost/sparc-test/py:base                      Debian bookworm + python3 + python3-grpcio + procps
 #   nvcr.io/nvidia/riva/riva-speech:2.16.0-server     gRPC health SERVING on :50051
 #   localhost/sparc/mas-server:latest                 GET /health on :8000 (needs RIVA_API_URL reachable)
-#   localhost/sparc/signaling-server:latest           `node server.js --httpPort 8080`: WebSocket server
+#   localhost/sparc/signaling-server:latest           `node build/index.js -p 8080`: URS signaling (WebSocket, -t http)
 #   docker.io/coturn/coturn:4.6                       STUN on --listening-port (3478) udp+tcp
 #   localhost/sparc/unity-server:latest               process "SPARC-P.x86_64" holding a WebSocket to SIGNALING_URL
 #   localhost/sparc/riva-websocket-bridge:latest      `riva-websocket-gateway --port=8080`: WebSocket server

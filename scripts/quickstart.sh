@@ -23,6 +23,12 @@ if [ ! -e "$key" ]; then
   mkdir -p "$(dirname "$key")" && (umask 077 && echo "sk-placeholder-for-the-stand-in" >"$key")
   echo "quickstart: wrote a placeholder key to $key (put your real key there for the real MAS)"
 fi
+# the TURN server's secret (coturn use-auth-secret), read by coturn and the webrtc probe alike
+turn=$HOME/.config/sparc/turn-secret.conf
+if [ ! -e "$turn" ]; then
+  (umask 077 && echo "static-auth-secret=$(od -An -tx1 -N16 /dev/urandom | tr -d ' \n')" >"$turn")
+  echo "quickstart: wrote a random TURN secret to $turn"
+fi
 
 eval "$(.venv/bin/python scripts/dev-manager.py start quickstart)"
 .venv/bin/sparc-agent apply examples/sparc-avatar.yaml

@@ -768,6 +768,22 @@ def check_secret_files(host: Host, profile: Profile) -> Check:
     return warn("secret-files", "; ".join(loose), "chmod 600 the file (and keep it out of shared folders)")
 
 
+def check_webrtc(profile: Profile) -> Check:
+    """A webrtc probe runs its session with aiortc, an optional extra."""
+    import importlib.util
+
+    users = [n for n, s in profile.services.items() if s.health is not None and "webrtc" in s.health.apart]
+    if not users:
+        return ok("webrtc", "no webrtc probe in the profile")
+    if importlib.util.find_spec("aiortc") is None:
+        return warn(
+            "webrtc",
+            f"{', '.join(users)}: the webrtc probe needs aiortc, which is not installed",
+            "pip install 'sparc-agent[webrtc]' (in the environment sparc-agent runs from)",
+        )
+    return ok("webrtc", f"aiortc is installed for the webrtc probe of {', '.join(users)}")
+
+
 def run(profile: Profile | None = None, env: Mapping[str, str] | None = None) -> Report:
     host = Host(env)
     checks = [_safe(check.__name__, partial(check, host)) for check in BASIC]
@@ -780,6 +796,7 @@ def run(profile: Profile | None = None, env: Mapping[str, str] | None = None) ->
         checks.append(_safe("images", partial(check_images, host, profile)))
         checks.append(_safe("turn-auth", partial(check_turn_auth, profile)))
         checks.append(_safe("secret-files", partial(check_secret_files, host, profile)))
+        checks.append(_safe("webrtc", partial(check_webrtc, profile)))
     return Report(checks)
 
 

@@ -35,7 +35,7 @@ def avatar_profile(mgr: UserManager, tmp: Path, **service_overrides: dict[str, A
         },
         "signaling": {
             "image": "localhost/sparc/signaling-server:latest",
-            "command": ["node", "server.js", "--httpPort", "8080"],
+            "command": ["node", "build/index.js", "-p", "8080"],
             "env": {"PUBLIC_HOST": "localhost"},
             "health": {"websocket": {"port": ports["sig"]}, "interval": "1s", "timeout": "1s", "retries": 2},
         },

@@ -189,6 +189,7 @@ def test_podman_kube_play_runs_the_avatar_stack(tmp_path: Path, standin_images: 
                     "signaling": {"health": {"websocket": {"port": ports["sig"]}}},
                     "turn": {
                         "command": ["-n", "--listening-port=3478", "--no-cli"],
+                        "volumes": [],  # the stand-in needs no secret config file
                         "health": {"stun": {"port": ports["turn"]}},
                     },
                 },

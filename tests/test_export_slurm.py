@@ -285,6 +285,7 @@ def test_real_job_runs_the_stack_healthy_and_scancel_leaves_nothing(
                     "signaling": {"health": {"websocket": {"port": ports["sig"]}, "interval": "1s"}},
                     "turn": {
                         "command": ["-n", "--listening-port=3478", "--no-cli"],
+                        "volumes": [],  # the stand-in needs no secret config file
                         "health": {"stun": {"port": ports["turn"]}, "interval": "1s"},
                     },
                     "unity": {"health": {"interval": "1s"}},

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import re
 import socket
 import subprocess
 import sys
@@ -146,10 +147,8 @@ def test_unknown_spec_is_an_error_not_a_crash() -> None:
 
 
 def test_the_stun_is_udp_rule_lives_in_the_table_only() -> None:
+    """No module derives a probe's protocol from its kind's name ("udp" if stun): they ask the table."""
     root = Path(__file__).resolve().parent.parent / "sparc_agent"
-    offenders = [
-        str(p.relative_to(root))
-        for p in root.rglob("*.py")
-        if '== "stun"' in p.read_text() or 'kind == "exec"' in p.read_text()
-    ]
+    rule = re.compile(r'"udp" if .*(?:stun|Stun)|(?:stun|Stun).*else "udp"|kind (?:==|!=) "exec"')
+    offenders = [str(p.relative_to(root)) for p in root.rglob("*.py") if rule.search(p.read_text())]
     assert offenders == []

@@ -182,7 +182,7 @@ def test_standins_answer_their_protocols(standin_images: dict[str, str]) -> None
 
         run("riva", "riva", "--some", "riva", "args")  # arguments are ignored
         run("mas", "mas", env={"RIVA_API_URL": "localhost:50051"})
-        run("signaling", "signaling", "node", "server.js", "--httpPort", "8080")
+        run("signaling", "signaling", "node", "build/index.js", "-p", "8080")
         run(
             "turn",
             "coturn",

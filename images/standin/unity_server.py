@@ -1,6 +1,7 @@
 #!/usr/bin/python3
 """Stand-in for the SPARC Unity renderer, installed as /opt/sparc/SPARC-P.x86_64 so that
-`pgrep -f SPARC-P.x86_64` finds it. It keeps a WebSocket open to SIGNALING_URL (ws://host:port/path),
+`pgrep -f SPARC-P.x86_64` finds it. It keeps a WebSocket open to -signalingUrl URL (as Unity Render
+Streaming takes it; else SIGNALING_URL) (ws://host:port/path),
 reconnecting when it drops, and exits 1 when it could not reach the signaling server for
 UNITY_CONNECT_TIMEOUT seconds (default 30)."""
 
@@ -54,7 +55,10 @@ def ping(sock: socket.socket) -> None:
 
 def main() -> None:
     setup(NAME)
-    url = os.environ.get("SIGNALING_URL", "ws://localhost:8080")
+    # Unity Render Streaming takes the URL from -signalingUrl (the env variable is the old stand-in's)
+    args = sys.argv[1:]
+    given = args[args.index("-signalingUrl") + 1] if "-signalingUrl" in args[:-1] else None
+    url = given or os.environ.get("SIGNALING_URL", "ws://localhost:8080")
     limit = float(os.environ.get("UNITY_CONNECT_TIMEOUT", "30"))
     last_ok = time.monotonic()
     log(NAME, f"renderer up, signaling {url}, gives up after {limit}s unreachable")

@@ -68,6 +68,8 @@ Listener = Callable[[str, Event], None]
 
 # what each state counts as on the STATUS= line
 _OK_STATES: Final = (State.HEALTHY,)
+# a probe that runs apart checks a service its own probe finds up (or one it already found failing)
+_APART_STATES: Final = (State.HEALTHY, State.UNHEALTHY)
 
 
 def mono() -> float:
@@ -114,7 +116,7 @@ async def load_plan(root: Path) -> StackPlan | None:
         return None
     meta = json.loads((root / "current" / "meta.json").read_text())
     services = tuple(ServicePlan(**s) for s in meta["plan"]["services"])
-    return StackPlan(root.name, number, services)
+    return StackPlan(root.name, number, services, meta["plan"].get("secret_sources", {}))
 
 
 # ---------------------------------------------------------------- apply lock (read, never taken)
@@ -132,6 +134,19 @@ def apply_running(root: Path) -> bool:
 
 
 # ---------------------------------------------------------------- one stack
+
+
+def apart_view(result: Any, kind: str, owner: str) -> ProbeView:
+    """A verdict of a probe that runs apart, as the supervisor takes it: the phase, the hint in the
+    detail, and the service it points at when that is not the owner (then the owner is not restarted)."""
+    return ProbeView(
+        result.outcome.value,
+        result.latency_s,
+        f"{result.detail} ({result.hint})" if result.hint else result.detail,
+        phase=result.phase,
+        source=kind,
+        cause=result.cause if result.cause != owner else "",
+    )
 
 
 def _view(state: UnitState) -> UnitView:
@@ -211,6 +226,8 @@ class StackRunner:
             async with asyncio.TaskGroup() as tg:
                 for name in self.machines:
                     tg.create_task(self._service_loop(mgr, name))
+                    for probe in self.machines[name].plan.apart:
+                        tg.create_task(self._apart_loop(name, probe))
                 tg.create_task(self._resync(mgr))
                 async for st in changes:
                     changed = by_unit.get(st.name)
@@ -261,6 +278,23 @@ class StackRunner:
         # a result about a process that is gone (restarted meanwhile) says nothing
         if m.unit is not None and m.unit.invocation_id == invocation and not self.paused:
             self.feed_probe(m.plan.name, ProbeView(result.outcome.value, result.latency_s, result.detail))
+
+    async def _apart_loop(self, name: str, plan: dict[str, Any]) -> None:
+        """A probe that runs apart (webrtc): on its own interval, only while the service's own probe
+        says it is up (a starting renderer is not a broken one), each verdict fed in with its phase."""
+        from sparc_agent.apply.noop import spec_from_plan
+        from sparc_agent.probes import run_probe
+
+        m = self.machines[name]
+        spec = spec_from_plan(plan)
+        while True:
+            await asyncio.sleep(spec.interval if m.state in _APART_STATES else RECONCILE_S / 2)
+            if self.paused or m.state not in _APART_STATES or m.unit is None:
+                continue
+            invocation = m.unit.invocation_id
+            result = await run_probe(spec, container=m.plan.container, secrets=self.plan.secret_sources)
+            if m.unit is not None and m.unit.invocation_id == invocation and not self.paused:
+                self.feed_probe(name, apart_view(result, plan["kind"], name))
 
     def feed_probe(self, service: str, result: ProbeView) -> None:
         """A probe result for `service`: from its own health probe, or from a probe run apart (webrtc)."""

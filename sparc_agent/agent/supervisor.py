@@ -79,6 +79,8 @@ class ServicePlan:
     depends_on: dict[str, str] = field(default_factory=dict)  # service -> started | healthy
     gpu: bool = False  # has `gpus`: its GPU memory is measured (metrics)
     gpu_memory_budget: int | None = None  # resources.gpu_memory, bytes
+    # probes that run apart and feed verdicts in (source = kind): [{"kind": "webrtc", ...spec fields}]
+    apart: list[dict[str, Any]] = field(default_factory=list)
 
     def backoff(self, attempt: int) -> float:
         """Delay before restart `attempt` (1-based) of an episode: initial * multiplier^(n-1), capped."""
@@ -90,6 +92,8 @@ class StackPlan:
     stack: str
     generation: int
     services: tuple[ServicePlan, ...]
+    # secret name -> {"file": PATH} or {"env": NAME}: where a probe reads one (webrtc's TURN secret)
+    secret_sources: dict[str, dict[str, str]] = field(default_factory=dict)
 
     def to_json(self) -> dict[str, Any]:
         return {
@@ -124,6 +128,7 @@ def plan_from_profile(profile: Profile, generation: int) -> StackPlan:
             if pod := probe_pod(profile, name):
                 probe["pod"] = pod
             timing = dict(
+                apart=[{"kind": k, **b.model_dump(mode="json")} for k, b in health.apart.items()],
                 interval=health.interval,
                 timeout=health.timeout,
                 retries=health.retries,

@@ -174,6 +174,10 @@ from sparc_agent.cli.export import export  # noqa: E402 - the exporters' group, 
 
 main.add_command(export)
 
+from sparc_agent.cli.probe import probe  # noqa: E402 - one service's probes, now
+
+main.add_command(probe)
+
 
 @main.command("render-agent-unit")
 @click.option(

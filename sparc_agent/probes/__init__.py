@@ -12,6 +12,7 @@ Never imports: apply, agent, state, export, cli.
 from __future__ import annotations
 
 import time
+from collections.abc import Mapping
 from typing import Any
 
 from sparc_agent.probes.base import ProbeOutcome, ProbeResult, Target
@@ -39,7 +40,13 @@ def spec_problem(spec: object) -> str | None:
     return None
 
 
-async def run_probe(spec: Any, *, host: str = "127.0.0.1", container: str | None = None) -> ProbeResult:
+async def run_probe(
+    spec: Any,
+    *,
+    host: str = "127.0.0.1",
+    container: str | None = None,
+    secrets: Mapping[str, Mapping[str, str]] | None = None,
+) -> ProbeResult:
     """Probe once. Never raises (but for cancellation): failures and our own errors are results."""
     kind = kind_of(spec)
     if kind is None:
@@ -49,7 +56,7 @@ async def run_probe(spec: Any, *, host: str = "127.0.0.1", container: str | None
         return ProbeResult(ProbeOutcome.ERROR, 0.0, f"bad {type(spec).__name__}: {problem}")
     start = time.monotonic()
     try:
-        return await kind.probe(spec, Target(host, container))
+        return await kind.probe(spec, Target(host, container, secrets or {}))
     except Exception as exc:  # outside the probe's own net (an import, a bug in a probe's setup)
         return ProbeResult(ProbeOutcome.ERROR, time.monotonic() - start, f"{type(exc).__name__}: {exc}")
 

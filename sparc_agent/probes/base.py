@@ -12,8 +12,9 @@ import contextlib
 import enum
 import os
 import time
-from collections.abc import Awaitable
+from collections.abc import Awaitable, Mapping
 from dataclasses import dataclass, field
+from typing import Any
 
 from sparc_agent.probes.fields import Port
 
@@ -26,9 +27,17 @@ class ProbeOutcome(enum.Enum):
 
 @dataclass(frozen=True)
 class ProbeResult:
+    """`phase`, `timings`, `hint`, `cause` and `facts` are for probes that go through steps (webrtc):
+    how far it got, each step's seconds, what a person can do, and the service a failure points at."""
+
     outcome: ProbeOutcome
     latency_s: float
     detail: str = ""
+    phase: str = ""
+    timings: Mapping[str, float] = field(default_factory=dict)
+    hint: str = ""
+    cause: str = ""
+    facts: Mapping[str, Any] = field(default_factory=dict)
 
     @property
     def ok(self) -> bool:
@@ -55,6 +64,8 @@ class Target:
 
     host: str = "127.0.0.1"
     container: str | None = None
+    # secret name -> where its value is read ({"file": PATH} or {"env": NAME}), never the value
+    secrets: Mapping[str, Mapping[str, str]] = field(default_factory=dict)
 
 
 class TargetFailed(Exception):

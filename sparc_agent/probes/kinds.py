@@ -14,7 +14,7 @@ from dataclasses import dataclass
 from typing import Any, Final, Literal
 
 from sparc_agent.probes import exec as exec_probe
-from sparc_agent.probes import grpc, http, stun, tcp, websocket
+from sparc_agent.probes import grpc, http, stun, tcp, webrtc, websocket
 from sparc_agent.probes.base import ProbeResult, Target
 
 # tcp/udp: `port` is a host port reached over that protocol; exec: runs inside the container
@@ -27,6 +27,9 @@ class Kind:
     transport: Transport
     spec: type[Any]
     probe: Callable[[Any, Target], Awaitable[ProbeResult]]
+    # runs apart from the service's own probe, on the spec's own interval and timeout, and feeds its
+    # verdicts into the same supervisor (webrtc: rare and slow); `health:` has one kind that is not
+    apart: bool = False
 
 
 KINDS: Final[dict[str, Kind]] = {
@@ -38,10 +41,12 @@ KINDS: Final[dict[str, Kind]] = {
         Kind("grpc", "tcp", grpc.GrpcSpec, grpc.probe),
         Kind("stun", "udp", stun.StunSpec, stun.probe),
         Kind("exec", "exec", exec_probe.ExecSpec, exec_probe.probe),
+        Kind("webrtc", "tcp", webrtc.WebRtcSpec, webrtc.probe, apart=True),
     )
 }
 
-# fields of a spec that the profile takes from `health:` itself, not from the kind's block
+# fields of a spec that the profile takes from `health:` itself, not from the kind's block (but for
+# kinds that run apart: they have their own)
 COMMON_FIELDS: Final = ("timeout_s",)
 
 

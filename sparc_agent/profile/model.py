@@ -18,7 +18,7 @@ from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, create_model
 
 from sparc_agent.probes.kinds import COMMON_FIELDS, KINDS, Kind, spec_from_fields
 from sparc_agent.profile import names
-from sparc_agent.profile.scalars import ItemError
+from sparc_agent.profile.scalars import ItemError, parse_duration
 from sparc_agent.profile.scalars import argv as _argv
 from sparc_agent.profile.scalars import describe as _describe
 from sparc_agent.profile.scalars import no_control as _no_control
@@ -36,8 +36,6 @@ IMAGE_REF = re.compile(
     r"(?:@[A-Za-z][A-Za-z0-9]*(?:[-_+.][A-Za-z][A-Za-z0-9]*)*:[0-9a-fA-F]{32,})?"
 )
 
-_DURATION_PART = re.compile(r"(\d+(?:\.\d+)?)(ms|s|m|h)")
-_UNITS = {"ms": 0.001, "s": 1.0, "m": 60.0, "h": 3600.0}
 _MEMORY = re.compile(r"(\d+(?:\.\d+)?)\s*([bkmgt]?)i?b?", re.IGNORECASE)
 _MEM_UNITS = {"": 1, "b": 1, "k": 1 << 10, "m": 1 << 20, "g": 1 << 30, "t": 1 << 40}
 
@@ -74,23 +72,6 @@ def _env_name(value: Any) -> str:
 
 EnvName = Annotated[str, BeforeValidator(_env_name)]
 Text = Annotated[str, BeforeValidator(_text)]
-
-
-def parse_duration(value: Any) -> float:
-    """'500ms', '2s', '3m', '1h', '1m30s' -> seconds."""
-    allowed = "(allowed: a duration such as 500ms, 2s, 3m, 1h or 1m30s)"
-    if not isinstance(value, str):
-        raise ValueError(f"expected a duration string, got {_describe(value)} {allowed}")
-    text = value.strip()
-    pos, total = 0, 0.0
-    for m in _DURATION_PART.finditer(text):
-        if m.start() != pos:
-            break
-        total += float(m.group(1)) * _UNITS[m.group(2)]
-        pos = m.end()
-    if pos != len(text) or not text:
-        raise ValueError(f"invalid duration {value!r} {allowed}")
-    return total
 
 
 Duration = Annotated[float, BeforeValidator(parse_duration)]
@@ -289,12 +270,13 @@ def _block_model(kind: Kind) -> type[Frozen]:
     fields: dict[str, Any] = {
         f.name: (hints[f.name], ... if f.default is dataclasses.MISSING else f.default)
         for f in dataclasses.fields(kind.spec)
-        if f.name not in COMMON_FIELDS
+        if kind.apart or f.name not in COMMON_FIELDS
     }
     return create_model(f"{kind.spec.__name__}Block", __base__=Frozen, **fields)
 
 
-PROBE_KINDS = tuple(KINDS)
+PROBE_KINDS = tuple(k for k, kind in KINDS.items() if not kind.apart)
+APART_KINDS = tuple(k for k, kind in KINDS.items() if kind.apart)
 if TYPE_CHECKING:
     _ProbeBlocks = Frozen
 else:  # one optional field per kind, from the probes' table
@@ -315,7 +297,7 @@ class Health(_ProbeBlocks):
         if len(given) != 1:
             raise ValueError(
                 f"give exactly one probe, got {len(given)}{': ' + ', '.join(given) if given else ''}"
-                f" (allowed: {', '.join(PROBE_KINDS)})"
+                f" (allowed: {', '.join(PROBE_KINDS)}; {', '.join(APART_KINDS)} may come in addition)"
             )
         if self.interval <= 0 or self.timeout <= 0:
             raise ValueError("interval and timeout must be longer than 0s")
@@ -334,6 +316,11 @@ class Health(_ProbeBlocks):
     def spec(self) -> Any:
         """The probe as the probes run it (sparc_agent.probes' spec of this kind)."""
         return spec_from_fields(self.kind, {**dict(self.probe), "timeout_s": self.timeout})
+
+    @property
+    def apart(self) -> dict[str, Frozen]:
+        """The probes that run apart (webrtc), by kind: each has its own interval and timeout."""
+        return {k: getattr(self, k) for k in APART_KINDS if getattr(self, k) is not None}
 
 
 # ---------------------------------------------------------------- restart policy, resources

@@ -7,7 +7,7 @@ from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
 
 from sparc_agent.probes.kinds import KINDS
-from sparc_agent.profile import names
+from sparc_agent.profile import media, names
 from sparc_agent.profile.model import Profile
 from sparc_agent.profile.source import Path
 
@@ -27,9 +27,11 @@ def errors(profile: Profile) -> Iterator[Finding]:
         yield from gpu_budgets(profile, profile.gpu.memory, "gpu.memory")
     for key, why in names.collisions(profile.name, profile.services, profile.volumes):
         yield Finding(key, why)
+    yield from (Finding(key, why) for key, why in media.errors(profile))
 
 
 def warnings(profile: Profile) -> Iterator[Finding]:
+    yield from (Finding(key, why) for key, why in media.warnings(profile))
     for name, svc in profile.services.items():
         ref = svc.image.split("@")[0]
         tail = ref.rsplit("/", 1)[-1]
@@ -39,6 +41,7 @@ def warnings(profile: Profile) -> Iterator[Finding]:
                 ("services", name, "image"), "no pinned tag: `latest` changes under you (pin a version)"
             )
     used_secrets = {s for svc in profile.services.values() for s in svc.secrets.values()}
+    used_secrets |= media.probe_secrets(profile)
     for name in profile.secrets.keys() - used_secrets:
         yield Finding(("secrets", name), "declared but no service uses it")
     used_volumes = {m.source for svc in profile.services.values() for m in svc.volumes if m.is_named_volume}

@@ -12,6 +12,8 @@ from typing import Any
 
 # any C0 control character but TAB, and DEL: they could end a unit-file line or a C string
 CONTROL = re.compile(r"[\x00-\x08\x0a-\x1f\x7f]")
+_DURATION_PART = re.compile(r"(\d+(?:\.\d+)?)(ms|s|m|h)")
+_UNITS = {"ms": 0.001, "s": 1.0, "m": 60.0, "h": 3600.0}
 
 
 class ItemError(ValueError):
@@ -102,3 +104,20 @@ def argv(value: Any) -> tuple[str, ...]:
             # systemd splits ExecStart= at a lone ';' and quadlet drops the command: no quoting helps
             raise fail(i, f"word {i} is a lone {item!r}, which systemd reads as a command separator")
     return tuple(str(item) for item in items)
+
+
+def parse_duration(value: Any) -> float:
+    """'500ms', '2s', '3m', '1h', '1m30s' -> seconds."""
+    allowed = "(allowed: a duration such as 500ms, 2s, 3m, 1h or 1m30s)"
+    if not isinstance(value, str):
+        raise ValueError(f"expected a duration string, got {describe(value)} {allowed}")
+    text = value.strip()
+    pos, total = 0, 0.0
+    for m in _DURATION_PART.finditer(text):
+        if m.start() != pos:
+            break
+        total += float(m.group(1)) * _UNITS[m.group(2)]
+        pos = m.end()
+    if pos != len(text) or not text:
+        raise ValueError(f"invalid duration {value!r} {allowed}")
+    return total
