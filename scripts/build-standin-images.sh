@@ -11,6 +11,9 @@
 #   localhost/sparc/unity-server:latest               process "SPARC-P.x86_64" holding a WebSocket to SIGNALING_URL
 #   localhost/sparc/riva-websocket-bridge:latest      `riva-websocket-gateway --port=8080`: WebSocket server
 #                                                     (examples/sparc-backend.yaml)
+#   localhost/sparc-test/urs-renderer:test            a URS renderer with WebRTC (aiortc, synthetic video):
+#                                                     -signalingUrl URL [--mode answer|re-offer|no-frames]
+#                                                     (on localhost/sparc-test/py-media:base: + python3-aiortc)
 #
 # Sources: images/standin/. Every image carries the label org.sparc-agent.standin.hash (its recipe and
 # sources); an image whose label matches is skipped, so a second run takes about a second.
@@ -38,9 +41,10 @@ declare -A IMAGES=(
   [ws-bridge]=localhost/sparc/riva-websocket-bridge:latest
 )
 ORDER=(riva mas signaling coturn unity ws-bridge)
+MEDIA=localhost/sparc-test/py-media:base
+RENDERER=localhost/sparc-test/urs-renderer:test
+MEDIA_PACKAGES=python3-aiortc,python3-av
 BASE_PACKAGES=python3,python3-grpcio,procps
-# part of the base hash: change it to force a new base everywhere
-BASE_RECIPE="mmdebstrap v1 --variant=essential --include=$BASE_PACKAGES bookworm nodoc"
 
 FORCE=0
 for arg in "$@"; do
@@ -49,6 +53,7 @@ for arg in "$@"; do
     --list)
       printf '%s\n' "$BB" "$BASE"
       for n in "${ORDER[@]}"; do echo "${IMAGES[$n]}"; done
+      printf '%s\n' "$MEDIA" "$RENDERER"
       exit 0
       ;;
     -h | --help) sed -n '2,22p' "$0"; exit 0 ;;
@@ -103,25 +108,43 @@ build_bb() {
 file_is_static() { ! ldd "$1" >/dev/null 2>&1; }
 
 build_base() {
-  local t0=$EPOCHREALTIME hash mirror
-  hash=$(printf '%s\n' "$BASE_RECIPE" | sha256sum | cut -c1-16)
+  # build_base REF PACKAGES: a Debian bookworm root with PACKAGES, imported as REF; sets BASE_HASH
+  local ref=$1 packages=$2 t0=$EPOCHREALTIME hash mirror
+  hash=$(printf 'mmdebstrap v1 --variant=essential --include=%s bookworm nodoc\n' "$packages" | sha256sum | cut -c1-16)
   BASE_HASH=$hash
-  if up_to_date "$BASE" "$hash"; then
-    report "$BASE" cached "$(elapsed "$t0")"
+  if up_to_date "$ref" "$hash"; then
+    report "$ref" cached "$(elapsed "$t0")"
     return 0
   fi
   command -v mmdebstrap >/dev/null || { echo "need mmdebstrap (apt-get install mmdebstrap)" >&2; return 1; }
   mirror=${DEBIAN_MIRROR:-$(awk '/^URIs:/ { print $2; exit }' /etc/apt/sources.list.d/debian.sources 2>/dev/null || true)}
   mirror=${mirror:-http://deb.debian.org/debian}
   # essential + no docs: 165 MB instead of 230 MB for --variant=apt, same run time
-  mmdebstrap -q --variant=essential --include="$BASE_PACKAGES" \
+  mmdebstrap -q --variant=essential --include="$packages" \
     --dpkgopt='path-exclude=/usr/share/doc/*' --dpkgopt='path-exclude=/usr/share/man/*' \
     --dpkgopt='path-exclude=/usr/share/locale/*' --dpkgopt='path-exclude=/usr/share/info/*' \
     bookworm "$WORK/base.tar" "deb $mirror bookworm main"
   "$PODMAN" import -q --change "LABEL $LABEL=$hash" --change 'CMD ["/usr/bin/python3"]' \
-    "$WORK/base.tar" "$BASE" >/dev/null
+    "$WORK/base.tar" "$ref" >/dev/null
   rm -f "$WORK/base.tar"
-  report "$BASE" built "$(elapsed "$t0")"
+  report "$ref" built "$(elapsed "$t0")"
+}
+
+build_renderer() {
+  # the aiortc renderer imports sparc_agent.probes.urs (the signaling client the probe uses): the
+  # build context is images/standin plus a copy of the package
+  local t0=$EPOCHREALTIME hash ctx=$WORK/renderer
+  hash=$( (echo "$BASE_HASH" && cd "$REPO" && find images/standin sparc_agent -name '*.py' -o -name 'Containerfile.*' |
+    sort | xargs sha256sum) | sha256sum | cut -c1-16)
+  if up_to_date "$RENDERER" "$hash"; then
+    report "$RENDERER" cached "$(elapsed "$t0")"
+    return 0
+  fi
+  mkdir -p "$ctx"
+  cp -r "$SRC"/. "$ctx"/
+  (cd "$REPO" && find sparc_agent -name '*.py' -print0 | xargs -0 cp --parents -t "$ctx")
+  "$PODMAN" build -q --pull=never --label "$LABEL=$hash" -f "$ctx/Containerfile.renderer" -t "$RENDERER" "$ctx" >/dev/null
+  report "$RENDERER" built "$(elapsed "$t0")"
 }
 
 build_service() {
@@ -139,8 +162,10 @@ build_service() {
 
 echo "stand-in images"
 build_bb
-build_base
+build_base "$BASE" "$BASE_PACKAGES"
 for n in "${ORDER[@]}"; do
   build_service "$n"
 done
+build_base "$MEDIA" "$BASE_PACKAGES,$MEDIA_PACKAGES"
+build_renderer
 printf '  %-48s %-8s %6s s\n' total "" "$(elapsed "$T_TOTAL")"

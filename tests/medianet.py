@@ -51,6 +51,7 @@ class MediaNet:
     tmp: Path
     secret: str = field(default_factory=lambda: secrets.token_hex(16))
     procs: dict[str, subprocess.Popen[bytes]] = field(default_factory=dict)
+    containers: list[str] = field(default_factory=list)
 
     def exec_argv(self, ns: str, argv: Sequence[str]) -> list[str]:
         return ["ip", "netns", "exec", ns, *argv]
@@ -147,12 +148,37 @@ class MediaNet:
                 raise TimeoutError(f"renderer did not register: {self.log('renderer')[-800:]}")
             time.sleep(0.05)
 
+    def renderer_container(self, image: str, mode: str = "answer") -> None:
+        """The stand-in renderer image (Debian's aiortc), run by podman inside the server namespace."""
+        name = f"{self.server_ns}-renderer"
+        self.containers.append(name)
+        url = f"ws://{self.server_ip}:{SIGNALING_PORT}"
+        subprocess.run(
+            ["podman", "run", "-d", "--rm", "--name", name, "--network", f"ns:/run/netns/{self.server_ns}",
+             image, "/opt/sparc/SPARC-P.x86_64", "-signalingUrl", url, "--mode", mode],
+            check=True, capture_output=True, timeout=60,
+        )  # fmt: skip
+        deadline = time.monotonic() + 30
+        while True:
+            logs = subprocess.run(["podman", "logs", name], capture_output=True, text=True, timeout=30)
+            if "registered" in logs.stdout + logs.stderr:
+                return
+            if time.monotonic() > deadline:
+                raise TimeoutError(
+                    f"renderer container did not register: {logs.stdout[-800:]}{logs.stderr[-800:]}"
+                )
+            time.sleep(0.2)
+
     def drop_relay_ports(self) -> None:
+        """Drop what reaches TURN's relay ports (the peer's side of the relay), in our namespace only."""
         rules = (
-            "table inet sparcmedia { chain input { type filter hook input priority 0;"
-            f" udp dport {RELAY_MIN}-{RELAY_MAX} drop; }} }}"
+            "table inet sparcmedia {\n  chain input {\n"
+            "    type filter hook input priority 0; policy accept;\n"
+            f"    udp dport {RELAY_MIN}-{RELAY_MAX} drop\n  }}\n}}\n"
         )
-        subprocess.run(self.exec_argv(self.server_ns, ["nft", rules]), check=True, timeout=10)
+        subprocess.run(
+            self.exec_argv(self.server_ns, ["nft", "-f", "-"]), input=rules.encode(), check=True, timeout=10
+        )
 
     def allow_relay_ports(self) -> None:
         subprocess.run(
@@ -171,6 +197,10 @@ class MediaNet:
         )
 
     def close(self) -> None:
+        for name in self.containers:
+            subprocess.run(
+                ["podman", "rm", "-f", "-t", "0", name], capture_output=True, timeout=60, check=False
+            )
         for name in list(self.procs):
             self.stop(name)
 

@@ -182,3 +182,13 @@ def test_each_fault_fails_at_its_phase_while_ports_stay_green(net: MediaNet, fau
     assert (action is not None and action.act.value == "restart") is restarted, (m.reason, action)
     if cause:
         assert f"cause: {cause}" in m.reason
+
+
+def test_the_renderer_image_streams_through_turn(net: MediaNet, standin_images: dict[str, str]) -> None:
+    """The stand-in renderer as an image (Debian's python3-aiortc), as a stack would run it."""
+    net.turn()
+    net.signaling()
+    net.renderer_container(standin_images["renderer"])
+    record = webrtc(net, profile(net))
+    assert record["ok"], record
+    assert record["facts"]["relay_candidates"] >= 1

@@ -60,6 +60,7 @@ STANDIN_IMAGES = {
     "coturn": "docker.io/coturn/coturn:4.6",
     "unity": "localhost/sparc/unity-server:latest",
     "ws-bridge": "localhost/sparc/riva-websocket-bridge:latest",
+    "renderer": "localhost/sparc-test/urs-renderer:test",
 }
 
 # quadlet 5 runs "podman volume|network create --ignore NAME"; podman < 4.4 has no --ignore.
