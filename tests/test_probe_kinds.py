@@ -64,6 +64,7 @@ from sparc_agent.agent.supervisor import ServicePlan  # noqa: E402  (reads the t
 from sparc_agent.apply.noop import spec_from_plan
 from sparc_agent.probes import run_probe
 from sparc_agent.profile.load import ProfileInvalid, load_profile
+from sparc_agent.profile.rules import probe_pod
 
 out = {}
 for name in ("good", "bad", "unpublished"):
@@ -73,7 +74,7 @@ for name in ("good", "bad", "unpublished"):
         out[name] = [str(p) for p in exc.problems]
         continue
     health = loaded.profile.services["web"].health
-    out[name] = {"kind": health.kind, "spec": repr(health.spec)}
+    out[name] = {"kind": health.kind, "spec": repr(health.spec), "pod": probe_pod(loaded.profile, "web")}
     plan = {"kind": health.kind, **health.probe.model_dump(mode="json"), "timeout_s": health.timeout}
     spec = spec_from_plan(json.loads(json.dumps(plan)))
 
@@ -125,8 +126,9 @@ def test_a_new_kind_is_one_module_and_one_row(tmp_path: Path) -> None:
     assert out["good"]["result"] == ["ok", "SPARC ready"]
     # the kind's field types validate in the profile, at the kind's key
     assert any("services.web.health.banner.port" in p and "65535" in p for p in out["bad"]), out["bad"]
-    # the row's transport drives the published-port rule
-    assert any(f"{port + 1}/tcp is not published" in p for p in out["unpublished"]), out["unpublished"]
+    # the row's transport decides where it is probed: a published tcp port from the host, else in the pod
+    assert out["good"]["pod"] is None
+    assert out["unpublished"]["pod"] == "demo", out["unpublished"]
 
 
 def test_every_row_is_consistent() -> None:

@@ -23,7 +23,10 @@ from typing import Any
 from sparc_agent.probes import urs
 from sparc_agent.probes.webrtc import EXTRA, turn_rest_credentials
 
-ANSWER_WAIT_S = 10.0  # at most, within the timeout: no answer by then means nobody will answer
+# at most, within the timeout: a renderer answers and ICE through a relay completes in well under a
+# second; nothing by then means nothing will come (and the probe reports it without idling)
+ANSWER_WAIT_S = 5.0
+ICE_WAIT_S = 5.0
 POLL_S = 0.02
 
 
@@ -179,7 +182,8 @@ class Session:
             await self._add_candidate(data)
         self.tasks.add(asyncio.ensure_future(self._candidates()))
 
-        await self._until(lambda: self.pc.iceConnectionState in ("completed", "connected"), "ice_connect")
+        connected = ("completed", "connected")
+        await self._until(lambda: self.pc.iceConnectionState in connected, "ice_connect", ICE_WAIT_S)
         emit(phase="ice_connect", s=self.since())
         await self._until(lambda: self.pc.connectionState == "connected", "dtls")
         emit(phase="dtls", s=self.since())
@@ -199,8 +203,9 @@ class Session:
 
     async def _await_answer(self, pending: list[dict[str, Any]]) -> tuple[str, str]:
         assert self.sig is not None
+        wait = min(ANSWER_WAIT_S, self.left())
         try:
-            async with asyncio.timeout(min(ANSWER_WAIT_S, self.left())):
+            async with asyncio.timeout(wait):
                 while True:
                     kind, data = await self.sig.incoming.get()
                     if kind == "closed":
@@ -210,9 +215,7 @@ class Session:
                     elif kind in ("answer", "offer") and isinstance(data.get("sdp"), str):
                         return data["sdp"], "renderer-answer" if kind == "answer" else "renderer-offer"
         except TimeoutError:
-            raise Failed(
-                "answer", f"no answer or offer from a renderer within {min(ANSWER_WAIT_S, self.left()):g}s"
-            ) from None
+            raise Failed("answer", f"no answer or offer from a renderer within {wait:.1f}s") from None
 
     async def _candidates(self) -> None:
         assert self.sig is not None
@@ -233,13 +236,14 @@ class Session:
             candidate.sdpMLineIndex = data.get("sdpMLineIndex")
             await self.pc.addIceCandidate(candidate)
 
-    async def _until(self, check: Any, phase: str) -> None:
-        deadline = time.monotonic() + self.left()
+    async def _until(self, check: Any, phase: str, wait: float | None = None) -> None:
+        budget = min(wait, self.left()) if wait is not None else self.left()
+        deadline = time.monotonic() + budget
         while not check():
             if self.pc.iceConnectionState == "failed" or self.pc.connectionState == "failed":
                 raise Failed(phase, f"{phase.replace('_', ' ')} failed (ICE {self.pc.iceConnectionState})")
             if time.monotonic() > deadline:
-                raise Failed(phase, f"{phase.replace('_', ' ')} not done within the timeout")
+                raise Failed(phase, f"{phase.replace('_', ' ')} not done within {budget:.1f}s")
             await asyncio.sleep(POLL_S)
 
     async def close(self) -> None:

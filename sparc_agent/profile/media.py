@@ -27,19 +27,31 @@ def probe_secrets(profile: Profile) -> set[str]:
 def errors(profile: Profile) -> Iterator[tuple[Path, str]]:
     for name, svc in profile.services.items():
         block = svc.health.apart.get("webrtc") if svc.health is not None else None
-        if block is None:
-            continue
-        where: Path = ("services", name, "health", "webrtc")
-        for key in ("signaling_service", "turn_service"):
-            other = getattr(block, key)
-            if other and other not in profile.services:
-                yield (*where, key), f"no service {other!r} (services: {', '.join(profile.services)})"
-        for key in ("turn_secret", "turn_password"):
-            secret = getattr(block, key)
-            if secret and secret not in profile.secrets:
-                yield (*where, key), f"no secret {secret!r} declared in secrets:"
-        if getattr(block, "turn_user") and not getattr(block, "turn_password"):  # noqa: B009
-            yield (*where, "turn_password"), "turn_user needs turn_password (the secret holding its password)"
+        if block is not None:
+            yield from _webrtc_errors(profile, ("services", name, "health", "webrtc"), block)
+
+
+def _webrtc_errors(profile: Profile, where: Path, block: object) -> Iterator[tuple[Path, str]]:
+    for key in ("signaling_service", "turn_service"):
+        other = getattr(block, key)
+        if other and other not in profile.services:
+            yield (*where, key), f"no service {other!r} (services: {', '.join(profile.services)})"
+    for key in ("turn_secret", "turn_password"):
+        secret = getattr(block, key)
+        if secret and secret not in profile.secrets:
+            yield (*where, key), f"no secret {secret!r} declared in secrets:"
+    for key, protocol in (("port", "tcp"), ("turn_port", "udp")):
+        port = getattr(block, key)
+        if not _published(profile, protocol, port):
+            yield (
+                (*where, key),
+                (
+                    f"{port}/{protocol} is not published in pod.ports: the webrtc probe reaches signaling"
+                    " and TURN as a browser does, from outside the pod"
+                ),
+            )
+    if getattr(block, "turn_user") and not getattr(block, "turn_password"):  # noqa: B009
+        yield (*where, "turn_password"), "turn_user needs turn_password (the secret holding its password)"
 
 
 def warnings(profile: Profile) -> Iterator[tuple[Path, str]]:
@@ -95,6 +107,10 @@ def _relay_range(command: list[str]) -> tuple[int, int] | None:
     if "min" in found and "max" in found:
         return found["min"], found["max"]
     return None
+
+
+def _published(profile: Profile, protocol: str, port: int) -> bool:
+    return any(s.protocol == protocol and s.host[0] <= port <= s.host[1] for s in profile.pod.ports)
 
 
 def _udp_published(profile: Profile, lo: int, hi: int) -> bool:
