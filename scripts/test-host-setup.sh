@@ -4,7 +4,8 @@
 # Installs what the e2e tests need (see docs in /work/shared/test-host.md, mirrored by tests/testhost.py):
 #   * podman 4.3.1 + runc/crun/conmon/catatonit/netavark/aardvark-dns/slirp4netns/fuse-overlayfs/uidmap,
 #     busybox-static, dbus-user-session, python3-systemd, shellcheck, docker-registry (pull tests),
-#     prometheus + nginx (metrics and proxy tests), slurm-wlm/slurmctld/slurmd/slurm-client/munge (SLURM tests), mmdebstrap (stand-in images);
+#     prometheus + nginx (metrics and proxy tests), slurm-wlm/slurmctld/slurmd/slurm-client/munge (SLURM tests), mmdebstrap (stand-in images),
+#     coturn + nftables (the webrtc probe's media e2e: real TURN, packet drops in its own namespace);
 #   * the quadlet generator taken from trixie's podman .deb (bookworm's podman has none), without touching
 #     the machine's apt sources;
 #   * /etc/containers/containers.conf with the settings this host needs (runc, netavark, ulimits);
@@ -48,6 +49,7 @@ APT_PACKAGES=(
   prometheus nginx
   slurm-wlm slurmctld slurmd slurm-client munge
   mmdebstrap
+  coturn nftables
 )
 QUADLET=/usr/libexec/podman/quadlet
 GENERATOR=/usr/lib/systemd/user-generators/podman-user-generator
