@@ -200,3 +200,30 @@ def test_two_applies_do_not_interleave(
     assert second.returncode == 0, second.stdout + second.stderr
     assert f"waiting for another sparc-agent apply (pid {first.pid})" in second.stderr
     assert "0 started" in second.stdout and "0 restarted" in second.stdout
+
+
+def test_volume_driver_and_options_reach_podman(apply_host: ApplyHost) -> None:
+    """trixie (podman 5.4): a .volume with Type=/Device=/Options=; bookworm (podman 4.3, no `volume create
+    --ignore`): a unit of ours runs `podman volume create`. Either way podman gets the driver and options."""
+    mgr, tmp_path = apply_host.mgr, apply_host.tmp
+    doc = avatar_profile(mgr, tmp_path)
+    doc["volumes"]["riva-models"] = {
+        "driver": "local",
+        "options": {"type": "tmpfs", "device": "tmpfs", "o": "nodev"},
+    }
+    profile = write_profile(doc, tmp_path / "p.yaml")
+    first = sparc(mgr, "apply", str(profile))
+    assert first.returncode == 0, first.stdout + first.stderr
+    volume, unit = f"{mgr.name}-riva-models", f"{mgr.name}-riva-models-volume.service"
+    ours = mgr.unit_dir / unit
+    assert ours.is_file() is (apply_host.kind != "trixie"), apply_host.kind
+    assert (mgr.quadlet_dir / f"{volume}.volume").is_file() is (apply_host.kind == "trixie")
+    inspect = apply_host.podman("volume", "inspect", "--format", "{{.Driver}} {{.Options}}", volume)
+    assert inspect.stdout.split() == ["local", "map[device:tmpfs", "o:nodev", "type:tmpfs]"], inspect.stderr
+    assert mgr.systemctl("is-active", unit).stdout.strip() == "active"
+    mounts = apply_host.podman(
+        "inspect", "--format", "{{range .Mounts}}{{.Name}} {{end}}", f"{mgr.name}-riva"
+    )
+    assert volume in mounts.stdout.split()
+    again = sparc(mgr, "apply", str(profile))  # the volume exists now: unchanged, nothing fails
+    assert again.returncode == 0, again.stdout + again.stderr

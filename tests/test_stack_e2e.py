@@ -69,29 +69,3 @@ def test_changed_secret_restarts_its_consumer_only(
     assert "1 restarted" in again.stdout and "0 files written" in again.stdout, again.stdout
     assert podman("exec", f"{mgr.name}-mas", "printenv", "OPENAI_API_KEY").stdout.strip() == "sk-rotated"
     assert "sk-rotated" not in again.stdout + again.stderr  # never echoed
-
-
-def test_volume_driver_and_options_on_a_podman_without_volume_files(
-    user_manager: UserManager, standin_images: dict[str, str], tmp_path: Path
-) -> None:
-    # the test host's podman 4.3 has no `volume create --ignore`, so no .volume: a unit of ours creates
-    # the volume with its driver and options before riva starts (it used to be refused, naming the
-    # wrong component's version)
-    mgr = user_manager
-    doc = avatar_profile(mgr, tmp_path)
-    doc["volumes"]["riva-models"] = {
-        "driver": "local",
-        "options": {"type": "tmpfs", "device": "tmpfs", "o": "nodev"},
-    }
-    profile = write_profile(doc, tmp_path / "p.yaml")
-    first = sparc(mgr, "apply", str(profile))
-    assert first.returncode == 0, first.stdout + first.stderr
-    volume, unit = f"{mgr.name}-riva-models", f"{mgr.name}-riva-models-volume.service"
-    assert (mgr.unit_dir / unit).is_file() and not list(mgr.quadlet_dir.glob("*.volume"))
-    inspect = podman("volume", "inspect", "--format", "{{.Driver}} {{.Options}}", volume)
-    assert inspect.stdout.split() == ["local", "map[device:tmpfs", "o:nodev", "type:tmpfs]"], inspect.stderr
-    assert mgr.systemctl("is-active", unit).stdout.strip() == "active"
-    mounts = podman("inspect", "--format", "{{range .Mounts}}{{.Name}} {{end}}", f"{mgr.name}-riva")
-    assert volume in mounts.stdout.split()
-    again = sparc(mgr, "apply", str(profile))  # the volume exists now: unchanged, nothing fails
-    assert again.returncode == 0, again.stdout + again.stderr
