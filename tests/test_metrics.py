@@ -110,7 +110,9 @@ def test_events_and_present_state_become_samples(metrics: Metrics) -> None:
         "phase": "ice_connect",
     }
     metrics.on_event("s", {**webrtc, "latency_s": 5.0})
-    metrics.on_event("s", {**webrtc, "outcome": "ok", "phase": "first_frame", "latency_s": 1.25})
+    metrics.on_event(
+        "s", {**webrtc, "outcome": "ok", "phase": "first_frame", "latency_s": 2.0, "first_frame_s": 1.25}
+    )
     metrics.on_event("s", {"event": "restart", "service": "mas", "by": "agent", "reason": "unhealthy: x"})
     metrics.on_event("s", {"event": "state", "service": "mas", "previous": "HEALTHY", "reason": "x"})
     samples = _samples(metrics.exposition().decode())
@@ -209,3 +211,24 @@ def test_agent_refuses_to_start_with_a_bad_metrics_config(tmp_path: Path) -> Non
     )
     assert proc.returncode == 2, proc.stderr
     assert f"{config}: metrics.port: expected a port 1-65535, not 99999" in proc.stderr
+
+
+def test_a_webrtc_verdict_sets_first_frame_seconds_through_the_machine() -> None:
+    from sparc_agent.agent.runner import apart_view
+    from sparc_agent.probes.base import ProbeOutcome, ProbeResult
+
+    m = _machine("unity", State.STOPPED, 0.0)
+    m.on_unit(UnitView("active", "running", invocation_id="a"), 1.0)
+    metrics = Metrics(lambda: iter([("s", m)]))
+    ok = ProbeResult(ProbeOutcome.OK, 3.4, "h264 640x360", phase="first_frame", timings={"first_frame": 1.5})
+    m.on_probe(apart_view(ok, "webrtc", "unity"), 2.0)
+    failed = ProbeResult(ProbeOutcome.FAILED, 9.0, "no relay", phase="ice_gather", timings={"signaling": 0.1})
+    m.on_probe(apart_view(failed, "webrtc", "unity"), 3.0)
+    for event in m.drain():
+        metrics.on_event("s", event)
+    samples = _samples(metrics.exposition().decode())
+    assert 'sparc_media_first_frame_seconds{service="unity",stack="s"} 1.5' in samples
+    assert (
+        'sparc_probe_failures_total{kind="webrtc",outcome="failed",phase="ice_gather",service="unity",stack="s"}'
+        " 1.0" in samples
+    )

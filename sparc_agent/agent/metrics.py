@@ -169,10 +169,8 @@ class Metrics:
             if outcome != "ok":
                 phase = str(event.get("phase") or "probe")
                 self.probe_failures.labels(stack, service, kind, phase, outcome).inc()
-            elif kind == "webrtc":
-                timings = event.get("timings") or {}
-                first = timings.get("first_frame") if isinstance(timings, dict) else None
-                self.first_frame.labels(stack, service).set(float(first or event.get("latency_s", 0.0)))
+            elif event.get("first_frame_s") is not None:  # a webrtc probe that got a frame
+                self.first_frame.labels(stack, service).set(float(event["first_frame_s"]))
         elif event["event"] == "restart":
             self.restarts.labels(stack, service, str(event.get("by", "agent")), restart_reason(event)).inc()
 

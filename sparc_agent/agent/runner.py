@@ -146,6 +146,7 @@ def apart_view(result: Any, kind: str, owner: str) -> ProbeView:
         phase=result.phase,
         source=kind,
         cause=result.cause if result.cause != owner else "",
+        first_frame_s=result.timings.get("first_frame") if result.ok else None,
     )
 
 

@@ -185,6 +185,7 @@ class ProbeView:
     phase: str = ""  # how far the probe got (webrtc: signaling, answer, ice_gather, ...)
     source: str = ""
     cause: str = ""
+    first_frame_s: float | None = None  # webrtc: seconds to the first decoded video frame (metrics)
 
 
 class Act(enum.StrEnum):
@@ -205,8 +206,8 @@ class Action:
 
 # What the machine tells its listeners (and the journal): dicts with "event", "service", "state" and
 # per event: state (previous, reason), restart (by: agent|systemd, reason, attempt, ok), probe (kind,
-# outcome, latency_s, phase, detail, source, cause; for listeners only, not logged), probe_failed,
-# probe_error, restart_skipped, reset.
+# outcome, latency_s, phase, detail, source, cause, first_frame_s; for listeners only, not logged),
+# probe_failed, probe_error, restart_skipped, reset.
 Event = dict[str, Any]
 
 
@@ -512,6 +513,7 @@ class ServiceMachine:
             detail=result.detail,
             source=result.source,
             cause=result.cause,
+            first_frame_s=result.first_frame_s,
         )
         if not result.source:
             self.last_probe, self.last_probe_at = result, now
