@@ -229,21 +229,31 @@ def test_one_prober_serves_every_probe_of_a_pod(pod: FakePod) -> None:
     asyncio.run(go())
 
 
-@pytest.mark.parametrize("how", [signal.SIGKILL, signal.SIGSTOP])
-def test_a_dead_or_hung_prober_is_our_error_and_is_replaced(pod: FakePod, how: int) -> None:
+@pytest.mark.parametrize("how", ["killed between probes", "killed during a probe", "hung"])
+def test_a_dead_or_hung_prober_is_our_error_and_is_replaced(pod: FakePod, how: str) -> None:
     async def go() -> None:
-        with listener() as port:
+        with listener() as port, socket.socket() as silent:
+            silent.bind(("127.0.0.1", 0))
+            silent.listen()  # accepts, never answers: an HTTP probe of it waits its whole timeout
             prober = PodProber("demo")
             assert (await prober.probe(TcpSpec(port=port, timeout_s=0.5))).ok
             first = prober.pid
             assert first is not None
-            os.kill(first, how)
-            broken = await prober.probe(TcpSpec(port=port, timeout_s=0.5))
+            if how == "killed during a probe":
+                slow = asyncio.ensure_future(
+                    prober.probe(HttpSpec(port=silent.getsockname()[1], timeout_s=5))
+                )
+                await asyncio.sleep(0.5)
+                os.kill(first, signal.SIGKILL)
+                broken = await slow
+            else:
+                os.kill(first, signal.SIGKILL if how == "killed between probes" else signal.SIGSTOP)
+                while how != "hung" and prober.pid is not None:  # the agent noticed (EOF) before probing
+                    await asyncio.sleep(0.01)
+                broken = await prober.probe(TcpSpec(port=port, timeout_s=0.5))
             assert broken.outcome is ProbeOutcome.ERROR, broken  # never FAILED: not the service's fault
-            want = (
-                "died (killed by signal 9)" if how == signal.SIGKILL else "did not answer within 1.5s: killed"
-            )
-            assert want in broken.detail and "in-pod prober of pod demo" in broken.detail
+            want = "did not answer within 1.5s: killed" if how == "hung" else "died (killed by signal 9)"
+            assert broken.detail.startswith(f"in-pod prober of pod demo {want}"), broken
             again = await prober.probe(TcpSpec(port=port, timeout_s=0.5))
             assert again.ok, again
             assert prober.starts == 2 and prober.pid not in (None, first)

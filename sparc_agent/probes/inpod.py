@@ -160,6 +160,7 @@ class PodProber:
         self._session: _Session | None = None
         self._lock = asyncio.Lock()
         self._ids = itertools.count(1)
+        self._news: str | None = None  # how the last prober died, when no probe was there to say it
 
     @property
     def pid(self) -> int | None:
@@ -177,6 +178,7 @@ class PodProber:
         from sparc_agent.host.netns import PodNotRunning
 
         t0 = time.monotonic()
+        news, self._news = self._news, None
         try:
             payload = encode_probe(spec)
             session = await self._running()
@@ -184,6 +186,8 @@ class PodProber:
             return ProbeResult(ProbeOutcome.FAILED, time.monotonic() - t0, str(exc))
         except (SparcError, OSError, ValueError) as exc:
             return self._error(t0, f"did not start: {exc}")
+        if news is not None:  # our fault, reported once; the probe itself runs next time
+            return self._error(t0, f"{news}; a new one runs (pid {session.proc.pid})")
         rid = next(self._ids)
         answer: asyncio.Future[ProbeResult] = asyncio.get_running_loop().create_future()
         session.pending[rid] = answer
@@ -250,15 +254,17 @@ class PodProber:
                     if fut is not None and not fut.done():
                         fut.set_result(decode_result(msg))
         code = await session.proc.wait()
+        if session.done:  # we killed or closed it: its probes have their answers
+            return
         if code == POD_GONE:
             why = f"pod {self.pod} stopped: its network namespace went away"
             session.finish(ProbeResult(ProbeOutcome.FAILED, 0.0, why))
-        else:
-            tail = session.stderr.decode(errors="replace").strip().splitlines()[-1:]
-            why = _exit_text(code) + (f": {tail[0]}" if tail else "")
-            session.finish(
-                self._error(time.monotonic(), f"died ({why}); a new one starts with the next probe")
-            )
+            return
+        tail = session.stderr.decode(errors="replace").strip().splitlines()[-1:]
+        died = f"died ({_exit_text(code)}{': ' + tail[0] if tail else ''})"
+        if not session.pending:
+            self._news = died  # between probes: the next one says so
+        session.finish(self._error(time.monotonic(), f"{died}; a new one starts with the next probe"))
 
     def _kill(self, session: _Session, result: ProbeResult) -> None:
         with contextlib.suppress(ProcessLookupError):
@@ -269,6 +275,7 @@ class PodProber:
         session, self._session = self._session, None
         if session is None or session.proc.returncode is not None:
             return
+        session.finish(ProbeResult(ProbeOutcome.ERROR, 0.0, f"in-pod prober of pod {self.pod} closed"))
         assert session.proc.stdin is not None
         session.proc.stdin.close()  # EOF: it exits by itself
         try:
@@ -276,7 +283,7 @@ class PodProber:
                 await session.proc.wait()
         except TimeoutError:
             self._kill(session, ProbeResult(ProbeOutcome.ERROR, 0.0, "closed"))
-            await session.proc.wait()
+        await asyncio.gather(session.proc.wait(), *session.tasks)
 
 
 class PodProbers:
