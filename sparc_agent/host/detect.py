@@ -86,10 +86,13 @@ def _in_parentheses(out: str) -> str:  # "systemd 252 (252.38-1~deb12u1)\n+PAM .
     return first.partition("(")[2].rstrip(")") or _last_word(first)
 
 
-def _tool(path: str | None, argv: list[str], env: Mapping[str, str], text: Callable[[str], str]) -> Tool:
+def _tool(
+    path: str | None, binary: str, flag: str, env: Mapping[str, str], text: Callable[[str], str]
+) -> Tool:
+    """`binary flag` (binary: `path` as found under the detection's root); `path` None: not found."""
     if path is None:
         return Tool()
-    done = run(argv, env=env)
+    done = run([binary, flag], env=env)
     out = done.stdout.strip() if done.ok else ""
     return Tool(path, Version.find(out), text(out))
 
@@ -113,15 +116,14 @@ def detect(env: Mapping[str, str] | None = None, root: Path = Path("/")) -> Host
     """
     env = dict(os.environ if env is None else env)
     podman, quadlet, systemctl = _paths(env, root)
-    quadlet_run = str(root / quadlet.lstrip("/")) if quadlet else None
     jobs = [
-        (podman, [podman or "", "--version"], _last_word),
-        (quadlet, [quadlet_run or "", "-version"], _last_word),
-        (systemctl, [systemctl or "", "--version"], _in_parentheses),
+        (podman, podman or "", "--version", _last_word),
+        (quadlet, str(root / (quadlet or "").lstrip("/")), "-version", _last_word),
+        (systemctl, systemctl or "", "--version", _in_parentheses),
     ]
     with ThreadPoolExecutor(3) as pool:
         podman_tool, quadlet_tool, systemd_tool = pool.map(
-            lambda job: _tool(job[0], job[1], env, job[2]), jobs
+            lambda job: _tool(job[0], job[1], job[2], env, job[3]), jobs
         )
     return HostVersions(
         podman_tool,
