@@ -328,3 +328,50 @@ def test_without_aiortc_validate_and_doctor_say_how_to_install_it(
     assert result.exit_code == 0 and "pip install 'sparc-agent[webrtc]'" in result.output, result.output
     check = doctor.check_webrtc(load_profile(path).profile)
     assert check.status == "warn" and "sparc-agent[webrtc]" in check.hint
+
+
+def test_the_agent_runs_the_probe_apart_and_feeds_its_phase(tmp_path: Path) -> None:
+    """The runner's loop for a probe that runs apart: a real session child against a signaling port
+    where nothing listens; the renderer goes UNHEALTHY for signaling's fault, with no restart due,
+    and the listeners see the phase."""
+    from sparc_agent.agent.runner import Agent, AgentOptions, StackRunner
+    from sparc_agent.agent.supervisor import ProbeView, ServicePlan, StackPlan
+    from sparc_agent.state.paths import Paths
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        closed = s.getsockname()[1]
+    apart = {
+        "kind": "webrtc",
+        "port": closed,
+        "signaling_service": "signaling",
+        "interval": 0.05,
+        "timeout": 10.0,
+    }
+    unity = ServicePlan(
+        "unity", "s-unity.service", "s-unity", {"kind": "exec", "command": ["true"]}, apart=[apart]
+    )
+    agent = Agent(AgentOptions(log_format="json"), Paths.from_env({"XDG_STATE_HOME": str(tmp_path)}))
+    seen: list[dict[str, object]] = []
+    agent.listeners.append(lambda _stack, e: seen.append(e))
+    runner = StackRunner(tmp_path, StackPlan("s", 1, (unity,)), agent)
+    runner.carry_over(None, systemd_grows_delay=False)
+    m = runner.machines["unity"]
+    m.adopt_running(UnitView("active", "running", "success", 0, 100, "a"), 0.0)
+    runner.feed_probe("unity", ProbeView("ok", 0.01, "exit 0"))
+    assert m.state is State.HEALTHY
+
+    async def until_fed() -> None:
+        task = asyncio.create_task(runner._apart_loop("unity", apart))
+        try:
+            async with asyncio.timeout(30):
+                while not any(e["event"] == "probe" and e.get("kind") == "webrtc" for e in seen):
+                    await asyncio.sleep(0.05)
+        finally:
+            task.cancel()
+
+    asyncio.run(until_fed())
+    probe = next(e for e in seen if e["event"] == "probe" and e.get("kind") == "webrtc")
+    assert (probe["outcome"], probe["phase"], probe["cause"]) == ("failed", "signaling", "signaling")
+    assert m.state is State.UNHEALTHY and "signaling" in m.reason and "cause: signaling" in m.reason
+    assert m.due(10_000.0) is None
