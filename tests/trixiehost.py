@@ -203,11 +203,18 @@ def _configure_podman() -> None:
 
 @pytest.fixture(scope="session")
 def trixie_root(journald: Path) -> Iterator[Path]:
-    """The root, built (cached across runs by the script's stamp) and mounted for this session.
-
-    Concurrent sessions share the mounts: each registers its PID; the last one to leave unmounts, and
-    only if this plugin mounted (a root someone mounted by hand is left as it was)."""
+    """The root, built (cached across runs by the script's stamp) and mounted for this session."""
     require_trixie()
+    with root_mounted() as root:
+        yield root
+
+
+@contextlib.contextmanager
+def root_mounted() -> Iterator[Path]:
+    """The root mounted while in use (benchmarks use this too; journald must be running).
+
+    Concurrent users share the mounts: each registers its PID; the last one to leave unmounts, and
+    only if this plugin mounted (a root someone mounted by hand is left as it was)."""
     users = SHARED_STATE / "trixie.users"
     ours = SHARED_STATE / "trixie.mounted-by-plugin"
     me = users / str(os.getpid())
@@ -334,7 +341,13 @@ def _host_image_id(ref: str) -> str:
 @pytest.fixture(scope="session")
 def trixie_images(trixie_root: Path, standin_images: dict[str, str]) -> dict[str, str]:
     """The stand-ins in the root's store (`podman save` on the host, `podman load` inside), by image id."""
-    record_path = trixie_root / IMAGE_RECORD
+    load_images(trixie_root)
+    return dict(standin_images)
+
+
+def load_images(root: Path = ROOT) -> None:
+    """Copy the host's stand-in images into the root's store where they are missing or stale."""
+    record_path = root / IMAGE_RECORD
     with _locked("trixie-images"):
         record: dict[str, str] = json.loads(record_path.read_text()) if record_path.is_file() else {}
         want = {ref: _host_image_id(ref) for ref in IMAGES.values()}
@@ -345,7 +358,7 @@ def trixie_images(trixie_root: Path, standin_images: dict[str, str]) -> dict[str
         ]
         if stale:
             t0 = time.monotonic()
-            archive = trixie_root / "var/tmp/sparc-standins.tar"
+            archive = root / "var/tmp/sparc-standins.tar"
             archive.unlink(missing_ok=True)
             try:
                 podman("save", "--multi-image-archive", "-o", str(archive), *stale, timeout=600)
@@ -357,7 +370,6 @@ def trixie_images(trixie_root: Path, standin_images: dict[str, str]) -> dict[str
             record_path.parent.mkdir(parents=True, exist_ok=True)
             record_path.write_text(json.dumps(record, indent=2))
             print(f"trixie root: loaded {len(stale)} images in {time.monotonic() - t0:.1f} s")
-    return dict(standin_images)
 
 
 # --------------------------------------------------------------------------------------------------
@@ -468,22 +480,32 @@ def stop_trixie_manager(mgr: TrixieManager) -> list[str]:
 @pytest.fixture
 def trixie_manager(trixie_root: Path, trixie_agent: str) -> Iterator[TrixieManager]:
     """A fresh user manager inside the root (own cgroup subtree, own XDG dirs), stopped at teardown."""
+    with trixie_manager_running() as (mgr, problems):
+        yield mgr
+    if problems:
+        pytest.fail("trixie_manager teardown: " + "; ".join(problems), pytrace=False)
+
+
+@contextlib.contextmanager
+def trixie_manager_running(show_logs: bool = True) -> Iterator[tuple[TrixieManager, list[str]]]:
+    """A user manager inside the mounted root; at exit it is stopped, its leftovers removed, and what
+    was wrong added to the yielded list of problems (its journal printed first, if show_logs)."""
     name = f"tx-{os.urandom(3).hex()}"
     mgr = _new_trixie_manager(name)
+    problems: list[str] = []
     try:
         _launch_trixie_manager(mgr)
-        yield mgr
+        yield mgr, problems
     finally:
-        print(f"--- journal of {mgr.slice} ---\n{mgr.journal()[-6000:]}")
-        with contextlib.suppress(OSError):
-            print(f"--- {mgr.log_path} ---\n{mgr.log_path.read_text(errors='replace')[-3000:]}")
-        problems = stop_trixie_manager(mgr)
+        if show_logs:
+            print(f"--- journal of {mgr.slice} ---\n{mgr.journal()[-6000:]}")
+            with contextlib.suppress(OSError):
+                print(f"--- {mgr.log_path} ---\n{mgr.log_path.read_text(errors='replace')[-3000:]}")
+        problems += stop_trixie_manager(mgr)
         if mgr.root.is_symlink():
             mgr.root.unlink()
         if os.environ.get("SPARC_KEEP_TESTHOST") != "1":
             shutil.rmtree(mgr.real_root, ignore_errors=True)
-        if problems:
-            pytest.fail("trixie_manager teardown: " + "; ".join(problems), pytrace=False)
 
 
 # --------------------------------------------------------------------------------------------------
