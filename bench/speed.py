@@ -366,7 +366,11 @@ def recovery_doc(mgr: testhost.UserManager, tmp: Path) -> dict[str, Any]:
 def trixie_quadlets(mgr: trixiehost.TrixieManager, stack: str, on_failure: str) -> tuple[int, int]:
     """Hand-written quadlets: a pod with signaling and turn, podman's health checks with TIMING.
 
-    Each check ends in a plain word: quadlet drops the closing quote of a HealthCmd that ends in one."""
+    Each check ends in a plain word: quadlet drops the closing quote of a HealthCmd that ends in one.
+    WorkingDir=/: in the trixie root (a chroot) `podman exec`, and so podman's health checks, enter the
+    container's namespaces but the chroot's mount root, not the container's (issue 14 item 5); with the
+    image's /app as cwd they fail to start at all. From / they run the root's python3 in the container's
+    network namespace, which checks what it should: the server answering on the pod's localhost."""
     sig, turn = testhost.free_port(), testhost.free_port("udp")
     d = mgr.quadlet_dir
     (d / f"{stack}.pod").write_text(
@@ -376,12 +380,13 @@ def trixie_quadlets(mgr: trixiehost.TrixieManager, stack: str, on_failure: str) 
         "signaling": 'python3 -c "import urllib.request as u; '
         "u.urlopen('http://127.0.0.1:8080/', timeout=1)\" http",
         "turn": 'python3 -c "import socket, os; s = socket.socket(2, 2); s.settimeout(1); '
-        "s.sendto(bytes.fromhex('000100002112a442') + os.urandom(12), ('127.0.0.1', 3478)); s.recv(99)\" stun",
+        "s.sendto(bytes.fromhex('000100002112a442') + os.urandom(12), ('127.0.0.1', 3478)); "
+        's.recv(99)" stun',
     }
     images = {"signaling": trixiehost.IMAGES["signaling"], "turn": trixiehost.IMAGES["coturn"]}
     for svc, check in checks.items():
         (d / f"{stack}-{svc}.container").write_text(
-            f"[Container]\nContainerName={stack}-{svc}\nImage={images[svc]}\nPod={stack}.pod\nRunInit=true\n"
+            f"[Container]\nContainerName={stack}-{svc}\nImage={images[svc]}\nPod={stack}.pod\nRunInit=true\nWorkingDir=/\n"
             f"HealthCmd={check}\nHealthInterval=2s\nHealthTimeout=1s\nHealthRetries=2\n"
             f"HealthOnFailure={on_failure}\n[Service]\nRestart=always\n"
         )
