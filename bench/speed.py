@@ -58,7 +58,7 @@ import testhost
 import trixiehost
 from stackfiles import SPARC_AGENT, avatar_profile, unit_props, write_profile
 
-from sparc_agent.probes import ProbeOutcome, ProbeSpec, run_probe
+from sparc_agent.probes import ProbeOutcome, run_probe
 from sparc_agent.probes.health import probe_spec
 from sparc_agent.profile.load import load_profile
 from sparc_agent.state.paths import Paths
@@ -85,17 +85,17 @@ def quiet(argv: list[str], env: dict[str, str] | None = None) -> None:
 # ---------------------------------------------------------------- waiting for health, the same for all
 
 
-def health_targets(profile: Path, container: Callable[[str], str]) -> dict[str, tuple[ProbeSpec, str]]:
+def health_targets(profile: Path, container: Callable[[str], str]) -> dict[str, tuple[Any, str]]:
     """service -> (its probe, the container an exec probe runs in), from the profile's `health:`."""
     services = load_profile(str(profile)).profile.services
     return {n: (probe_spec(s.health), container(n)) for n, s in services.items() if s.health}
 
 
-def wait_healthy(targets: dict[str, tuple[ProbeSpec, str]], timeout: float = 120) -> None:
+def wait_healthy(targets: dict[str, tuple[Any, str]], timeout: float = 120) -> None:
     """Return when every probe has passed once (each service polled every 50 ms, all at once)."""
     deadline = time.monotonic() + timeout
 
-    async def one(name: str, spec: ProbeSpec, container: str) -> None:
+    async def one(name: str, spec: Any, container: str) -> None:
         while (await run_probe(spec, container=container)).outcome is not ProbeOutcome.OK:
             if time.monotonic() > deadline:
                 raise TimeoutError(f"{name} ({container}) never healthy")
@@ -183,7 +183,7 @@ class BringUp:
     tmp: Path
     doc: dict[str, Any] = field(default_factory=dict)
     profile: Path = Path()
-    targets: dict[str, tuple[ProbeSpec, str]] = field(default_factory=dict)
+    targets: dict[str, tuple[Any, str]] = field(default_factory=dict)
     seconds: list[float] = field(default_factory=list)
     noop_ms: list[float] = field(default_factory=list)
     noop_restarts: int = 0
