@@ -4,7 +4,8 @@
 Side by side in one run, interleaved (off, on, off, on, ...), medians of --runs: the same applied stack,
 `sparc-agent run --no-apply`, idle for --idle seconds each. "on" means agent.yaml `metrics: {port}`, a
 scrape of /metrics every second (Prometheus' fastest usual interval), and the GPU path exercised: the
-GPU services' memory read through the fake NVML layer (SPARC_FAKE_NVML) at every scrape.
+GPU services' memory read through the fake NVML layer (SPARC_FAKE_NVML) at every scrape (--nvml real:
+through pynvml and the driver's NVML instead).
 Last line: `metrics: rss_off_mb=A rss_on_mb=B ratio=R cpu_off_pct=C cpu_on_pct=D scrape_ms=S`.
 Needs root and scripts/test-host-setup.sh --images.
 """
@@ -46,6 +47,12 @@ def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--runs", type=int, default=2)
     ap.add_argument("--idle", type=float, default=20.0, help="seconds of measurement per run")
+    ap.add_argument(
+        "--nvml",
+        choices=["fake", "real"],
+        default="fake",
+        help="real: NVML itself (pynvml imported; on a machine without a GPU its init fails once)",
+    )
     args = ap.parse_args()
     testhost.require_testhost = lambda: None  # type: ignore[assignment]  # no pytest here
     testhost.build_standin_images()
@@ -83,7 +90,8 @@ def main() -> int:
                 }
             )
         )
-        mgr.env["SPARC_FAKE_NVML"] = str(fake)
+        if args.nvml == "fake":
+            mgr.env["SPARC_FAKE_NVML"] = str(fake)
         config = mgr.config_dir / "sparc-agent" / "agent.yaml"
         config.parent.mkdir(parents=True, exist_ok=True)
         for i in range(args.runs):
