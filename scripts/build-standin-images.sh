@@ -13,7 +13,8 @@
 #                                                     (examples/sparc-backend.yaml)
 #   localhost/sparc-test/urs-renderer:test            a URS renderer with WebRTC (aiortc, synthetic video):
 #                                                     -signalingUrl URL [--mode answer|re-offer|no-frames]
-#                                                     (on localhost/sparc-test/py-media:base: + python3-aiortc)
+#   localhost/sparc-test/coturn:test                  the real coturn (Debian's), entrypoint turnserver
+#                                                     (both on localhost/sparc-test/py-media:base: + aiortc, coturn)
 #
 # Sources: images/standin/. Every image carries the label org.sparc-agent.standin.hash (its recipe and
 # sources); an image whose label matches is skipped, so a second run takes about a second.
@@ -43,7 +44,8 @@ declare -A IMAGES=(
 ORDER=(riva mas signaling coturn unity ws-bridge)
 MEDIA=localhost/sparc-test/py-media:base
 RENDERER=localhost/sparc-test/urs-renderer:test
-MEDIA_PACKAGES=python3-aiortc,python3-av
+TURN=localhost/sparc-test/coturn:test
+MEDIA_PACKAGES=python3-aiortc,python3-av,coturn
 BASE_PACKAGES=python3,python3-grpcio,procps
 
 FORCE=0
@@ -53,7 +55,7 @@ for arg in "$@"; do
     --list)
       printf '%s\n' "$BB" "$BASE"
       for n in "${ORDER[@]}"; do echo "${IMAGES[$n]}"; done
-      printf '%s\n' "$MEDIA" "$RENDERER"
+      printf '%s\n' "$MEDIA" "$RENDERER" "$TURN"
       exit 0
       ;;
     -h | --help) sed -n '2,22p' "$0"; exit 0 ;;
@@ -130,21 +132,22 @@ build_base() {
   report "$ref" built "$(elapsed "$t0")"
 }
 
-build_renderer() {
-  # the aiortc renderer imports sparc_agent.probes.urs (the signaling client the probe uses): the
-  # build context is images/standin plus a copy of the package
-  local t0=$EPOCHREALTIME hash ctx=$WORK/renderer
+build_media() {
+  # build_media NAME REF: images/standin/Containerfile.NAME on the media base. The renderer imports
+  # sparc_agent.probes.urs (the signaling client the probe uses): the build context is images/standin
+  # plus a copy of the package's Python files.
+  local name=$1 ref=$2 t0=$EPOCHREALTIME hash ctx=$WORK/media-$1
   hash=$( (echo "$BASE_HASH" && cd "$REPO" && find images/standin sparc_agent -name '*.py' -o -name 'Containerfile.*' |
     sort | xargs sha256sum) | sha256sum | cut -c1-16)
-  if up_to_date "$RENDERER" "$hash"; then
-    report "$RENDERER" cached "$(elapsed "$t0")"
+  if up_to_date "$ref" "$hash"; then
+    report "$ref" cached "$(elapsed "$t0")"
     return 0
   fi
   mkdir -p "$ctx"
   cp -r "$SRC"/. "$ctx"/
   (cd "$REPO" && find sparc_agent -name '*.py' -print0 | xargs -0 cp --parents -t "$ctx")
-  "$PODMAN" build -q --pull=never --label "$LABEL=$hash" -f "$ctx/Containerfile.renderer" -t "$RENDERER" "$ctx" >/dev/null
-  report "$RENDERER" built "$(elapsed "$t0")"
+  "$PODMAN" build -q --pull=never --label "$LABEL=$hash" -f "$ctx/Containerfile.$name" -t "$ref" "$ctx" >/dev/null
+  report "$ref" built "$(elapsed "$t0")"
 }
 
 build_service() {
@@ -167,5 +170,6 @@ for n in "${ORDER[@]}"; do
   build_service "$n"
 done
 build_base "$MEDIA" "$BASE_PACKAGES,$MEDIA_PACKAGES"
-build_renderer
+build_media renderer "$RENDERER"
+build_media turn "$TURN"
 printf '  %-48s %-8s %6s s\n' total "" "$(elapsed "$T_TOTAL")"

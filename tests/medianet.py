@@ -184,6 +184,7 @@ class MediaNet:
         subprocess.run(
             self.exec_argv(self.server_ns, ["nft", "delete", "table", "inet", "sparcmedia"]),
             check=False,
+            capture_output=True,  # no table: nothing to allow
             timeout=10,
         )
 

@@ -61,6 +61,7 @@ STANDIN_IMAGES = {
     "unity": "localhost/sparc/unity-server:latest",
     "ws-bridge": "localhost/sparc/riva-websocket-bridge:latest",
     "renderer": "localhost/sparc-test/urs-renderer:test",
+    "turn": "localhost/sparc-test/coturn:test",
 }
 
 # quadlet 5 runs "podman volume|network create --ignore NAME"; podman < 4.4 has no --ignore.
