@@ -375,3 +375,22 @@ def test_the_agent_runs_the_probe_apart_and_feeds_its_phase(tmp_path: Path) -> N
     assert (probe["outcome"], probe["phase"], probe["cause"]) == ("failed", "signaling", "signaling")
     assert m.state is State.UNHEALTHY and "signaling" in m.reason and "cause: signaling" in m.reason
     assert m.due(10_000.0) is None
+
+
+def test_the_session_reads_secrets_as_files_config_lines_or_env(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from sparc_agent.probes.webrtc_session import read_secret, turn_login
+
+    bare, line = tmp_path / "bare", tmp_path / "turn.conf"
+    bare.write_text("north\n")
+    line.write_text("# coturn config\nstatic-auth-secret = north\n")
+    monkeypatch.setenv("TURN_PW", "s3cret")
+    assert read_secret({"file": str(bare)}) == read_secret({"file": str(line)}) == "north"
+    assert read_secret({"env": "TURN_PW"}) == "s3cret"
+    spec = {"turn_secret": "t", "turn_user": "", "turn_password": ""}
+    user, password = turn_login(spec, {"t": {"file": str(line)}})
+    assert user.endswith(":sparc-probe")
+    assert password == base64.b64encode(hmac.new(b"north", user.encode(), hashlib.sha1).digest()).decode()
+    static = {"turn_secret": "", "turn_user": "probe", "turn_password": "pw"}
+    assert turn_login(static, {"pw": {"env": "TURN_PW"}}) == ("probe", "s3cret")
