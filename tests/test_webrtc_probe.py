@@ -394,3 +394,46 @@ def test_the_session_reads_secrets_as_files_config_lines_or_env(
     assert password == base64.b64encode(hmac.new(b"north", user.encode(), hashlib.sha1).digest()).decode()
     static = {"turn_secret": "", "turn_user": "probe", "turn_password": "pw"}
     assert turn_login(static, {"pw": {"env": "TURN_PW"}}) == ("probe", "s3cret")
+
+
+def test_the_example_runs_urs_and_a_closed_turn_relay_through_the_real_generator(tmp_path: Path) -> None:
+    """issue 11 item 7 and issue 16 item 1: what podman will really be asked to run."""
+    from test_quadlet_generator import QUADLET, exec_start_words, generate
+
+    from sparc_agent.profile.rules import open_relays
+    from sparc_agent.render import Target, render
+
+    if not Path(QUADLET).exists():
+        pytest.fail("no quadlet generator (scripts/test-host-setup.sh installs it)")
+    root = Path(__file__).resolve().parent.parent
+    loaded = load_profile(str(root / "examples" / "sparc-avatar.yaml"))
+    units, _ = generate(render(loaded.profile, Target.for_podman("4.4")), tmp_path)
+    turn = exec_start_words(units["sparc-avatar-turn.service"])
+    for flag in (
+        "--use-auth-secret",
+        "--no-multicast-peers",
+        "--no-tcp-relay",
+        "--min-port=49152",
+        "--max-port=49200",
+    ):
+        assert flag in turn, turn
+    assert turn[turn.index("-c") + 1] == "/run/sparc/turn-secret.conf"  # the secret: a file, not an argument
+    assert not any("static-auth-secret" in w for w in turn)
+    denied = {w.split("=", 1)[1] for w in turn if w.startswith("--denied-peer-ip=")}
+    for prefix in (
+        "10.0.0.0-",
+        "172.16.0.0-",
+        "192.168.0.0-",
+        "127.0.0.0-",
+        "169.254.0.0-",
+        "::1",
+        "fc00::-",
+        "fe80::-",
+    ):
+        assert any(d.startswith(prefix) for d in denied), (prefix, denied)
+    signaling = exec_start_words(units["sparc-avatar-signaling.service"])
+    assert signaling[-4:] == ["node", "build/index.js", "-p", "8080"]
+    unity = exec_start_words(units["sparc-avatar-unity.service"])
+    assert "-batchmode" not in unity and unity[unity.index("-signalingUrl") + 1].startswith("ws://")
+    assert list(open_relays(loaded.profile)) == []
+    assert not loaded.warnings, loaded.warnings
