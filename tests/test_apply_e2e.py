@@ -57,7 +57,7 @@ def test_fresh_apply_then_noop(apply_host: ApplyHost) -> None:
     again = sparc(mgr, "apply", str(profile))
     assert again.returncode == 0, again.stdout + again.stderr
     assert "0 files written" in again.stdout and "0 restarted" in again.stdout and "0 started" in again.stdout
-    assert "all unchanged" in again.stdout  # answered by the fast path (sparc_agent/noop.py)
+    assert "all unchanged" in again.stdout  # answered by the fast path (sparc_agent/apply/fastpath.py)
     assert pids(mgr, mgr.name) == before
     assert {p: p.stat().st_mtime_ns for p in mgr.config_dir.rglob("*") if p.is_file()} == mtimes
 

@@ -12,7 +12,7 @@ from click.testing import CliRunner
 
 from sparc_agent import doctor
 from sparc_agent.apply import gpu_budget
-from sparc_agent.apply.stack import format_status
+from sparc_agent.apply.status import format_status
 from sparc_agent.cli.main import main
 from sparc_agent.host.gpu import (
     MIB,

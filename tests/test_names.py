@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 
 from sparc_agent.apply.claims import whose
-from sparc_agent.apply.converge import stack_files_on_disk
+from sparc_agent.apply.plan import stack_files_on_disk
 from sparc_agent.host.systemd import UnitState
 from sparc_agent.profile.names import AGENT_UNIT, UNIT_DIR, Names, collisions, unit_of
 from sparc_agent.render import header, is_ours, owner, render_agent_unit

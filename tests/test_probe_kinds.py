@@ -61,7 +61,7 @@ from sparc_agent.probes.kinds import KINDS, Kind
 KINDS["banner"] = Kind("banner", "tcp", banner_probe.BannerSpec, banner_probe.probe)  # the one row
 
 from sparc_agent.agent.supervisor import ServicePlan  # noqa: E402  (reads the table after the row)
-from sparc_agent.apply.noop import spec_from_plan
+from sparc_agent.apply.fastpath import spec_from_plan
 from sparc_agent.probes import run_probe
 from sparc_agent.profile.load import ProfileInvalid, load_profile
 from sparc_agent.profile.rules import probe_pod

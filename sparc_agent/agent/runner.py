@@ -52,10 +52,10 @@ from sparc_agent.errors import ManagerDisconnected, NoUserManager, SparcError
 from sparc_agent.host.process import spawn
 from sparc_agent.host.systemd import UnitState, UserManager
 from sparc_agent.state.files import write_atomic
-from sparc_agent.state.paths import Paths
+from sparc_agent.state.meta import read_meta
+from sparc_agent.state.paths import PRIVATE_FILE_MODE, Paths, StackPaths
 from sparc_agent.versions import SYSTEMD_RESTART_STEPS
 
-STATE_FILE: Final = "agent-state.json"
 START_EXTEND_S: Final = 30.0  # while applying at start, ask for 3x this more start-up time, this often
 RECONCILE_S: Final = 2.0  # readlink of every stack's `current`, apply-lock check
 RESYNC_S: Final = 60.0  # re-read every unit over D-Bus, in case a signal was missed
@@ -89,34 +89,21 @@ def _level(event: Event) -> str:
 
 
 def stacks_dir(paths: Paths) -> Path:
-    return paths.state_home / "sparc-agent"
+    return paths.state_dir
 
 
 def current_target(root: Path) -> str | None:
-    try:
-        return os.readlink(root / "current")
-    except OSError:
-        return None
-
-
-def generation_number(root: Path) -> int | None:
-    target = current_target(root)
-    if target is None:
-        return None
-    try:
-        return int(Path(target).name)
-    except ValueError:
-        return None
+    return StackPaths(root).current_target()
 
 
 async def load_plan(root: Path) -> StackPlan | None:
     """The plan of the stack's current generation, as apply recorded it in meta.json (no model needed)."""
-    number = generation_number(root)
+    stack = StackPaths(root)
+    number = stack.current_number()
     if number is None:
         return None
-    meta = json.loads((root / "current" / "meta.json").read_text())
-    services = tuple(ServicePlan(**s) for s in meta["plan"]["services"])
-    return StackPlan(root.name, number, services, meta["plan"].get("secret_sources", {}))
+    plan = read_meta(stack.current).plan
+    return StackPlan(root.name, number, plan.services, plan.sources_json())
 
 
 # ---------------------------------------------------------------- apply lock (read, never taken)
@@ -125,7 +112,7 @@ async def load_plan(root: Path) -> StackPlan | None:
 def apply_running(root: Path) -> bool:
     """True while a `sparc-agent apply` holds the stack's lock (flock), read from /proc/locks."""
     try:
-        st = os.stat(root / "apply.lock")
+        st = os.stat(StackPaths(root).lock)
         locks = Path("/proc/locks").read_text()
     except OSError:
         return False
@@ -197,7 +184,7 @@ class StackRunner:
     def _previous_restart_times(self, now: float) -> dict[str, list[float]]:
         """Restart times an earlier agent recorded for this generation: a restarted agent keeps the budget."""
         try:
-            data = json.loads((self.root / STATE_FILE).read_text())
+            data = json.loads(StackPaths(self.root).agent_state.read_text())
         except (OSError, ValueError):
             return {}
         if data.get("generation") != self.plan.generation:
@@ -252,7 +239,7 @@ class StackRunner:
                     self.pokes[name].set()
 
     async def _service_loop(self, mgr: UserManager, name: str) -> None:
-        from sparc_agent.apply.noop import spec_from_plan
+        from sparc_agent.apply.fastpath import spec_from_plan
 
         m = self.machines[name]
         poke = self.pokes[name]
@@ -283,7 +270,7 @@ class StackRunner:
     async def _apart_loop(self, name: str, plan: dict[str, Any]) -> None:
         """A probe that runs apart (webrtc): on its own interval, only while the service's own probe
         says it is up (a starting renderer is not a broken one), each verdict fed in with its phase."""
-        from sparc_agent.apply.noop import spec_from_plan
+        from sparc_agent.apply.fastpath import spec_from_plan
         from sparc_agent.probes import run_probe
 
         m = self.machines[name]
@@ -721,7 +708,8 @@ class Agent:
 
     def _write_state(self, runner: StackRunner) -> None:
         try:
-            write_atomic(runner.root / STATE_FILE, json.dumps(runner.state_document(), indent=1).encode())
+            state = json.dumps(runner.state_document(), indent=1).encode()
+            write_atomic(StackPaths(runner.root).agent_state, state, mode=PRIVATE_FILE_MODE)
         except OSError as exc:
             self.log.error("state_file", stack=runner.stack, reason=str(exc))
 

@@ -31,8 +31,11 @@ import enum
 import random
 from collections import deque
 from collections.abc import Callable, Iterable
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
+
+from sparc_agent.state.plan import ServicePlan as ServicePlan
+from sparc_agent.state.plan import StackPlan as StackPlan
 
 if TYPE_CHECKING:  # the model (pydantic) stays out of the agent process: plans come as JSON
     from sparc_agent.profile.model import Profile
@@ -54,61 +57,7 @@ class State(enum.StrEnum):
     STOPPED = "STOPPED"
 
 
-# ---------------------------------------------------------------- the plan (what to supervise)
-
-
-@dataclass(frozen=True)
-class ServicePlan:
-    name: str
-    unit: str
-    container: str
-    probe: dict[str, Any] | None = (
-        None  # {"kind": "http", "port": .., "timeout_s": .., "pod": P when run inside pod P}: see noop
-    )
-    interval: float = 5.0
-    timeout: float = 2.0
-    retries: int = 3
-    start_period: float = 0.0
-    policy: str = "on-failure"  # no, on-failure, always
-    backoff_initial: float = 1.0
-    backoff_max: float = 300.0
-    multiplier: float = 2.0
-    max_restarts: int = 5
-    window: float = 600.0
-    stop_grace: float = 0.0  # an unhealthy service gets SIGKILL when its stop takes longer than this
-    depends_on: dict[str, str] = field(default_factory=dict)  # service -> started | healthy
-    gpu: bool = False  # has `gpus`: its GPU memory is measured (metrics)
-    gpu_memory_budget: int | None = None  # resources.gpu_memory, bytes
-    # probes that run apart and feed verdicts in (source = kind): [{"kind": "webrtc", ...spec fields}]
-    apart: list[dict[str, Any]] = field(default_factory=list)
-
-    def backoff(self, attempt: int) -> float:
-        """Delay before restart `attempt` (1-based) of an episode: initial * multiplier^(n-1), capped."""
-        return float(min(self.backoff_initial * self.multiplier ** max(0, attempt - 1), self.backoff_max))
-
-
-@dataclass(frozen=True)
-class StackPlan:
-    stack: str
-    generation: int
-    services: tuple[ServicePlan, ...]
-    # secret name -> {"file": PATH} or {"env": NAME}: where a probe reads one (webrtc's TURN secret)
-    secret_sources: dict[str, dict[str, str]] = field(default_factory=dict)
-
-    def to_json(self) -> dict[str, Any]:
-        return {
-            "stack": self.stack,
-            "generation": self.generation,
-            "services": [asdict(s) for s in self.services],
-        }
-
-    @classmethod
-    def from_json(cls, data: dict[str, Any]) -> StackPlan:
-        return cls(data["stack"], int(data["generation"]), tuple(ServicePlan(**s) for s in data["services"]))
-
-    def dependents(self, name: str) -> list[str]:
-        """Services that depend on `name` being healthy."""
-        return [s.name for s in self.services if s.depends_on.get(name) == "healthy"]
+# ---------------------------------------------------------------- the plan (what to supervise: state.plan)
 
 
 def plan_from_profile(profile: Profile, generation: int) -> StackPlan:

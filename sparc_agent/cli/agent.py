@@ -78,7 +78,7 @@ def logs(
     name: str, service: str | None, follow: bool, lines: str | None, output: str | None, since: str | None
 ) -> None:
     """Journal of stack NAME: the agent's events about it and its containers' output (or SERVICE's only)."""
-    from sparc_agent.apply.stack import current_generation
+    from sparc_agent.apply.status import current_generation
     from sparc_agent.host.process import replace_with
 
     _, _, profile = current_generation(name)
@@ -113,7 +113,7 @@ def restart(name: str, service: str) -> None:
     """
     import asyncio
 
-    from sparc_agent.apply.stack import current_generation
+    from sparc_agent.apply.status import current_generation
     from sparc_agent.host.systemd import UserManager
     from sparc_agent.render import Names
 

@@ -81,7 +81,7 @@ def apply(
     Exit 0 applied and healthy; 1 applied but a service failed (rolled back); 2 invalid input;
     3 environment problem (no user manager, podman missing, image unavailable, another apply running).
     """
-    from sparc_agent.apply.noop import input_key, try_noop
+    from sparc_agent.apply.fastpath import input_key, try_noop
 
     if not dry_run:
         same = try_noop(profile, overlays, sets)
@@ -92,8 +92,8 @@ def apply(
                 " (0 started, 0 restarted, all unchanged; 0 files written, 0 removed)"
             )
             return
-    from sparc_agent.apply.converge import ApplyFailed, ApplyOptions
-    from sparc_agent.apply.converge import apply as run_apply
+    from sparc_agent.apply.run import ApplyFailed, ApplyOptions
+    from sparc_agent.apply.run import apply as run_apply
 
     loaded = load_profile_or_exit(profile, overlays, sets, this_gpu=True)
     options = ApplyOptions(
@@ -129,8 +129,8 @@ def apply(
 @reports_errors
 def diff(profile: str, overlays: tuple[str, ...], sets: tuple[str, ...]) -> None:
     """Show the file changes `apply` would make (a unified diff), changing nothing."""
-    from sparc_agent.apply.converge import ApplyOptions
-    from sparc_agent.apply.converge import apply as run_apply
+    from sparc_agent.apply.run import ApplyOptions
+    from sparc_agent.apply.run import apply as run_apply
 
     loaded = load_profile_or_exit(profile, overlays, sets)
     report = run_apply(loaded, ApplyOptions(dry_run=True))
@@ -145,8 +145,8 @@ def status(name: str, as_json: bool) -> None:
     """Per service of stack NAME: unit state, health probe now, restarts, since when."""
     import json
 
-    from sparc_agent.apply.stack import format_status
-    from sparc_agent.apply.stack import status as stack_status
+    from sparc_agent.apply.status import format_status
+    from sparc_agent.apply.status import status as stack_status
 
     report = stack_status(name)
     click.echo(json.dumps(report, indent=2) if as_json else format_status(report))
@@ -158,7 +158,7 @@ def status(name: str, as_json: bool) -> None:
 @reports_errors
 def down(name: str, purge: bool) -> None:
     """Stop stack NAME (its files stay, so `systemctl --user start NAME.target` brings it back)."""
-    from sparc_agent.apply.stack import down as stack_down
+    from sparc_agent.apply.down import down as stack_down
 
     stopped = stack_down(name, purge)
     click.echo(f"{name}: stopped {len(stopped)} units" + (", removed its files and secrets" if purge else ""))

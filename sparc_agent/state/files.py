@@ -5,6 +5,7 @@ from __future__ import annotations
 import contextlib
 import os
 import tempfile
+from collections.abc import Callable
 from pathlib import Path
 
 
@@ -32,3 +33,14 @@ def fsync_dir(directory: Path) -> None:
         os.fsync(fd)
     finally:
         os.close(fd)
+
+
+def read_or_create(path: Path, make: Callable[[], bytes], mode: int) -> bytes:
+    """The file's bytes; created first (with `mode` from its first byte, via write_atomic's mkstemp)
+    when it does not exist. Callers serialise creators (the apply lock)."""
+    try:
+        return path.read_bytes()
+    except FileNotFoundError:
+        data = make()
+        write_atomic(path, data, mode=mode)
+        return data

@@ -1,17 +1,84 @@
-"""Where sparc-agent reads and writes: the rootless XDG locations of the user running it."""
+"""Every path sparc-agent reads or writes, in one place: the rootless XDG locations of the user.
+
+$XDG_CONFIG_HOME/containers/systemd/     quadlets (render.QUADLET_DIR)
+$XDG_CONFIG_HOME/systemd/user/           plain user units (render.UNIT_DIR)
+$XDG_CONFIG_HOME/sparc-agent/profiles/   profiles the agent applies at start
+$XDG_STATE_HOME/sparc-agent/             STATE_DIR, mode 0700
+    STACK/generations/000007/            one applied generation (state.generations)
+    STACK/current -> generations/000007  the generation that runs
+    STACK/commit.journal                 an unfinished file switch (state.commit)
+    STACK/apply.lock                     flock of the apply in charge; holds its pid
+    STACK/secret.salt                    salt of the secret fingerprints (0600)
+    STACK/agent-state.json               the running agent's view, for `status`
+"""
 
 from __future__ import annotations
 
 import os
-from collections.abc import Mapping
+from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Final
+
+STATE_DIR_MODE: Final = 0o700
+PRIVATE_FILE_MODE: Final = 0o600
+
+
+@dataclass(frozen=True)
+class StackPaths:
+    """The state files of one stack."""
+
+    root: Path
+
+    @property
+    def name(self) -> str:
+        return self.root.name
+
+    @property
+    def generations(self) -> Path:
+        return self.root / "generations"
+
+    @property
+    def current(self) -> Path:
+        return self.root / "current"
+
+    @property
+    def journal(self) -> Path:
+        return self.root / "commit.journal"
+
+    @property
+    def lock(self) -> Path:
+        return self.root / "apply.lock"
+
+    @property
+    def salt(self) -> Path:
+        return self.root / "secret.salt"
+
+    @property
+    def agent_state(self) -> Path:
+        return self.root / "agent-state.json"
+
+    def current_target(self) -> str | None:
+        """Where `current` points (a readlink: what the agent polls to notice a new generation)."""
+        try:
+            return os.readlink(self.current)
+        except OSError:
+            return None
+
+    def current_number(self) -> int | None:
+        target = self.current_target()
+        if target is None:
+            return None
+        try:
+            return int(Path(target).name)
+        except ValueError:
+            return None
 
 
 @dataclass(frozen=True)
 class Paths:
     config_home: Path  # quadlets under containers/systemd/, user units under systemd/user/
-    state_home: Path  # generations, journals, locks under sparc-agent/STACK/
+    state_home: Path  # STATE_DIR = state_home/sparc-agent
 
     @classmethod
     def from_env(cls, env: Mapping[str, str] = os.environ) -> Paths:
@@ -20,8 +87,22 @@ class Paths:
         state = env.get("XDG_STATE_HOME") or str(home / ".local/state")
         return cls(Path(config), Path(state))
 
+    @property
+    def state_dir(self) -> Path:
+        return self.state_home / "sparc-agent"
+
+    def stack(self, stack: str) -> StackPaths:
+        return StackPaths(self.state_dir / stack)
+
     def stack_state(self, stack: str) -> Path:
-        return self.state_home / "sparc-agent" / stack
+        return self.stack(stack).root
+
+    def stacks(self) -> Iterator[StackPaths]:
+        """Every stack with a state directory (applied at least once, or being applied)."""
+        if self.state_dir.is_dir():
+            for entry in sorted(self.state_dir.iterdir()):
+                if entry.is_dir() and not entry.name.startswith("."):
+                    yield StackPaths(entry)
 
     @property
     def profiles_dir(self) -> Path:

@@ -1,30 +1,27 @@
-"""Operations on an applied stack by name: status and down. Reads the recorded generation."""
+"""`sparc-agent status NAME`: what runs for an applied stack, its probes, and the agent's view of it."""
 
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import datetime as dt
 from dataclasses import asdict, dataclass
-from pathlib import Path
 from typing import Any
 
-from sparc_agent.errors import InvalidInput, SparcError
-from sparc_agent.host import podman
+from sparc_agent.errors import InvalidInput
 from sparc_agent.host.systemd import UserManager
 from sparc_agent.probes.health import probe_once
 from sparc_agent.probes.inpod import PodProbers
 from sparc_agent.profile.load import load_profile
 from sparc_agent.profile.model import Profile
 from sparc_agent.profile.rules import probe_pod
-from sparc_agent.render import Names, unit_of
-from sparc_agent.state import commit
+from sparc_agent.render import Names
 from sparc_agent.state.generations import Generation, Store
-from sparc_agent.state.paths import Paths
+from sparc_agent.state.paths import Paths, StackPaths
 
 
 def current_generation(stack: str, paths: Paths | None = None) -> tuple[Store, Generation, Profile]:
-    store = Store((paths or Paths.from_env()).stack_state(stack))
+    """The stack's current generation and its profile; exit 2 when the stack was never applied."""
+    store = Store((paths or Paths.from_env()).stack(stack))
     generation = store.current()
     if generation is None:
         raise InvalidInput(f"no stack {stack!r} has been applied by this user (nothing under {store.root})")
@@ -46,13 +43,13 @@ class ServiceStatus:
     gpu_memory_budget_bytes: int | None = None  # resources.gpu_memory
 
 
-def agent_view(root: Path) -> dict[str, Any] | None:
+def agent_view(stack: StackPaths) -> dict[str, Any] | None:
     """The running agent's state file for this stack, or None when there is none or its agent is gone."""
     import json
     import os
 
     try:
-        data: dict[str, Any] = json.loads((root / "agent-state.json").read_text())
+        data: dict[str, Any] = json.loads(stack.agent_state.read_text())
         os.kill(int(data["pid"]), 0)
     except (OSError, ValueError, KeyError, TypeError):
         return None
@@ -63,7 +60,7 @@ async def _status(stack: str) -> dict[str, Any]:
     store, generation, profile = current_generation(stack)
     names = Names(profile.name)
     rows: list[ServiceStatus] = []
-    agent = agent_view(store.root)
+    agent = agent_view(store.paths)
     watched: dict[str, Any] = agent.get("services", {}) if agent else {}
     async with await UserManager.connect() as mgr, PodProbers() as probers:
 
@@ -109,8 +106,8 @@ async def _status(stack: str) -> dict[str, Any]:
     return {
         "stack": stack,
         "generation": generation.number,
-        "applied": generation.meta.get("created"),
-        "status": generation.meta.get("status"),
+        "applied": generation.meta.created,
+        "status": generation.meta.status.value,
         "agent": {k: agent[k] for k in ("pid", "updated", "connected", "generation")} if agent else None,
         "services": [asdict(r) for r in rows],
         "gpu_note": gpu_note,
@@ -197,35 +194,3 @@ def _format_supervisor(report: dict[str, Any]) -> str:
     widths = [max(len(r[i]) for r in rows) for i in range(4)]
     lines = ["  ".join(c.ljust(w) for c, w in zip(r[:4], widths, strict=True)) + "  " + r[4] for r in rows]
     return "\n".join([head, *lines])
-
-
-async def _down(stack: str, purge: bool) -> list[str]:
-    store, generation, profile = current_generation(stack)
-    paths = Paths.from_env()
-    names = Names(profile.name)
-    stopped: list[str] = []
-    async with await UserManager.connect() as mgr:
-        units = [
-            names.target,
-            *(names.service_unit(s) for s in reversed(list(profile.services))),
-            names.pod_unit,
-        ]
-        for unit in units:
-            with contextlib.suppress(SparcError):
-                await mgr.stop(unit)
-                stopped.append(unit)
-        if purge:
-            commit.recover(store.journal, paths.config_home)
-            files = list(generation.files)
-            commit.commit(paths.config_home, {}, files, store.journal)
-            await mgr.reload()
-            for rel in files:
-                with contextlib.suppress(SparcError):
-                    await mgr.reset_failed(unit_of(rel))
-            for secret in profile.secrets:
-                podman.remove_secret(names.secret(secret))
-    return stopped
-
-
-def down(stack: str, purge: bool = False) -> list[str]:
-    return asyncio.run(_down(stack, purge))

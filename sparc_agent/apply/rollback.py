@@ -1,0 +1,39 @@
+"""Step 6, rollback: when a new generation does not become healthy, put back the newest one before
+it that did, by converging to its files again (only what differs is touched)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import TextIO
+
+from sparc_agent.apply.converge import converge
+from sparc_agent.host.systemd import UserManager
+from sparc_agent.profile.load import load_profile
+from sparc_agent.state.generations import Generation, Store
+from sparc_agent.state.meta import Status
+
+
+def previous_healthy(store: Store, failed: Generation) -> Generation | None:
+    """The newest generation before `failed` that became healthy."""
+    for gen in reversed(store.all()):
+        if gen.number < failed.number and gen.meta.status is Status.HEALTHY:
+            return gen
+    return None
+
+
+async def rollback(
+    mgr: UserManager, config_home: Path, store: Store, failed: Generation, log: TextIO
+) -> Generation | None:
+    """Back to the previous healthy generation; None when there is none (left as applied)."""
+    previous = previous_healthy(store, failed)
+    if previous is None:
+        return None
+    print(
+        f"{failed.meta.failed} did not become healthy: back to generation {previous.number}",
+        file=log,
+        flush=True,
+    )
+    old = load_profile(str(previous.profile_path)).profile
+    await converge(mgr, config_home, store, old, previous.files, set(), log)
+    store.set_current(previous)
+    return previous

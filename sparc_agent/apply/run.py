@@ -1,0 +1,141 @@
+"""`sparc-agent apply`: validate, render, record a generation, converge to it, roll back on failure.
+
+lock -> recover an interrupted commit -> pull -> secrets -> record -> converge -> status | rollback
+"""
+
+from __future__ import annotations
+
+import asyncio
+import sys
+import time
+from dataclasses import dataclass, field, replace
+from typing import TextIO
+
+from sparc_agent.agent.supervisor import plan_from_profile
+from sparc_agent.apply.claims import refuse_foreign_units
+from sparc_agent.apply.converge import ConvergeResult, converge
+from sparc_agent.apply.fastpath import render_key
+from sparc_agent.apply.lock import apply_lock
+from sparc_agent.apply.plan import file_changes, unified_diff
+from sparc_agent.apply.rollback import rollback
+from sparc_agent.apply.secrets import SecretUpdates, put_secrets, secret_updates
+from sparc_agent.errors import SparcError
+from sparc_agent.host import podman
+from sparc_agent.host.detect import detect
+from sparc_agent.host.systemd import UserManager
+from sparc_agent.profile.load import LoadedProfile
+from sparc_agent.profile.model import Profile
+from sparc_agent.render import Target, render
+from sparc_agent.state import commit
+from sparc_agent.state.generations import Generation, Store
+from sparc_agent.state.meta import GenerationMeta, SecretSource, Status, SupervisionPlan, TargetVersions
+from sparc_agent.state.paths import Paths
+
+
+class ApplyFailed(SparcError):
+    """Applied, but a service did not become healthy; the previous generation was put back."""
+
+    exit_code = 1
+
+
+@dataclass(frozen=True)
+class ApplyOptions:
+    dry_run: bool = False
+    wait_for_lock: bool = True
+    target: Target | None = None  # default: what this host runs
+    input_key: str | None = None  # fastpath.input_key() of the command line, recorded for the fast path
+
+
+@dataclass
+class ApplyReport:
+    stack: str
+    generation: int | None
+    diff: str
+    result: ConvergeResult | None = None
+    rolled_back_to: int | None = None
+    pulled: list[str] = field(default_factory=list)
+    seconds: float = 0.0
+
+
+def supervision_plan(profile: Profile) -> SupervisionPlan:
+    """What supervises a generation without the model: the agent's service plans (units, containers,
+    probes, timing, policy) and where secrets come from (fastpath.try_noop checks them)."""
+    sources = {
+        n: SecretSource(file=d.file, env=None if d.file else d.env) for n, d in profile.secrets.items()
+    }
+    return SupervisionPlan(plan_from_profile(profile, 0).services, sources)
+
+
+def draft_meta(
+    loaded: LoadedProfile, target: Target, secrets: SecretUpdates, input_key: str | None
+) -> GenerationMeta:
+    """The record of a generation about to be written (Store.record fills number, time, hashes)."""
+    return GenerationMeta(
+        number=0,
+        created="",
+        status=Status.APPLYING,
+        files={},
+        plan=supervision_plan(loaded.profile),
+        secrets=secrets.fingerprints,
+        target=TargetVersions(str(target.podman), str(target.quadlet), target.systemd),
+        digest=loaded.digest,
+        sources=tuple(loaded.files),
+        input_key=input_key,
+        render_key=render_key(),
+    )
+
+
+def record(store: Store, loaded: LoadedProfile, files: dict[str, str], draft: GenerationMeta) -> Generation:
+    """A new generation, or the current one when it has these files, secrets and profile (then
+    with this command line's keys, so that the fast path answers the next identical apply)."""
+    current = store.current()
+    if current is not None and (current.meta.files, current.meta.secrets, current.meta.digest) == (
+        Store.hashes(files),
+        draft.secrets,
+        draft.digest,
+    ):
+        return store.rewrite(
+            current, replace(current.meta, input_key=draft.input_key, render_key=draft.render_key)
+        )
+    return store.record(loaded.document, files, draft)
+
+
+def apply(
+    loaded: LoadedProfile, options: ApplyOptions = ApplyOptions(), log: TextIO = sys.stderr
+) -> ApplyReport:
+    return asyncio.run(apply_async(loaded, options, log))
+
+
+async def apply_async(loaded: LoadedProfile, options: ApplyOptions, log: TextIO) -> ApplyReport:
+    t0 = time.monotonic()
+    profile = loaded.profile
+    paths = Paths.from_env()
+    store = Store(paths.stack(profile.name))
+    podman.podman_path()  # exit 3 now, not halfway, when podman is missing
+    target = options.target or detect().target()
+    files = render(profile, target)
+    changes = file_changes(paths.config_home, profile.name, files)
+    report = ApplyReport(profile.name, None, unified_diff(paths.config_home, changes))
+    if options.dry_run:
+        return report
+    with apply_lock(store.lock_path, options.wait_for_lock, log):
+        if commit.recover(store.journal, paths.config_home):
+            print("finished the file writes of an interrupted apply", file=log, flush=True)
+        store.migrate()
+        async with await UserManager.connect() as mgr:
+            await refuse_foreign_units(mgr, profile.name, changes.writes)
+            report.pulled = await podman.pull_missing((s.image for s in profile.services.values()), log)
+            secrets = secret_updates(profile, store.paths, store.current())
+            put_secrets(profile, secrets)
+            generation = record(store, loaded, files, draft_meta(loaded, target, secrets, options.input_key))
+            result = await converge(mgr, paths.config_home, store, profile, files, set(secrets.values), log)
+            report.generation, report.result = generation.number, result
+            store.set_current(generation)
+            if result.failed is None:
+                store.set_status(generation, Status.HEALTHY)
+            else:
+                failed = store.set_status(generation, Status.FAILED, result.failed, result.reason)
+                back = await rollback(mgr, paths.config_home, store, failed, log)
+                report.rolled_back_to = back.number if back else None
+    report.seconds = time.monotonic() - t0
+    return report

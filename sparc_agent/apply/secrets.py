@@ -1,0 +1,46 @@
+"""Podman secrets of a stack: which changed (by salted fingerprint), and putting them in place."""
+
+from __future__ import annotations
+
+import secrets as pysecrets
+from dataclasses import dataclass
+
+from sparc_agent.host import podman
+from sparc_agent.profile.model import Profile
+from sparc_agent.render import Names
+from sparc_agent.state.files import read_or_create
+from sparc_agent.state.generations import Generation, ensure_private_dir
+from sparc_agent.state.paths import PRIVATE_FILE_MODE, StackPaths
+
+
+@dataclass(frozen=True)
+class SecretUpdates:
+    fingerprints: dict[str, str]  # every declared secret
+    values: dict[str, bytes]  # those that changed or are missing in podman
+    absent: set[str]  # podman secret names that do not exist yet
+
+
+def salt(paths: StackPaths) -> bytes:
+    ensure_private_dir(paths.root)
+    return read_or_create(paths.salt, lambda: pysecrets.token_bytes(32), PRIVATE_FILE_MODE)
+
+
+def secret_updates(profile: Profile, paths: StackPaths, current: Generation | None) -> SecretUpdates:
+    names = Names(profile.name)
+    key = salt(paths)
+    fingerprints: dict[str, str] = {}
+    changed: dict[str, bytes] = {}
+    before = current.secrets if current else {}
+    absent = podman.missing_secrets(names.secret(n) for n in profile.secrets)
+    for name, decl in profile.secrets.items():
+        value = podman.secret_value(name, decl.file, decl.env)
+        fingerprints[name] = podman.fingerprint(key, value)
+        if before.get(name) != fingerprints[name] or names.secret(name) in absent:
+            changed[name] = value
+    return SecretUpdates(fingerprints, changed, absent)
+
+
+def put_secrets(profile: Profile, updates: SecretUpdates) -> None:
+    names = Names(profile.name)
+    for name, value in updates.values.items():
+        podman.put_secret(names.secret(name), value, exists=names.secret(name) not in updates.absent)
