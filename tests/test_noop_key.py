@@ -35,7 +35,11 @@ def test_unreadable_profile_has_no_key(tmp_path: Path) -> None:
 
 def _copy_render_code(dest: Path) -> Path:
     for sub in fastpath.RENDER_CODE:
-        shutil.copytree(PACKAGE / sub, dest / sub, ignore=shutil.ignore_patterns("__pycache__"))
+        if (PACKAGE / sub).is_dir():
+            shutil.copytree(PACKAGE / sub, dest / sub, ignore=shutil.ignore_patterns("__pycache__"))
+        else:
+            dest.mkdir(parents=True, exist_ok=True)
+            shutil.copy(PACKAGE / sub, dest / sub)
     return dest
 
 
