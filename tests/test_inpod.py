@@ -22,7 +22,7 @@ from typing import Any
 import pytest
 
 from sparc_agent.agent.supervisor import plan_from_profile
-from sparc_agent.apply.noop import spec_from_plan
+from sparc_agent.apply.fastpath import spec_from_plan
 from sparc_agent.host import netns
 from sparc_agent.host.process import Process, spawn
 from sparc_agent.probes import inpod

@@ -19,7 +19,7 @@ from click.testing import CliRunner
 
 from sparc_agent.agent.runner import apart_view
 from sparc_agent.agent.supervisor import ServiceMachine, State, UnitView, plan_from_profile
-from sparc_agent.apply.noop import spec_from_plan
+from sparc_agent.apply.fastpath import spec_from_plan
 from sparc_agent.cli.main import main
 from sparc_agent.probes import ProbeOutcome, run_probe
 from sparc_agent.probes.base import Target
