@@ -7,7 +7,9 @@ import os
 from collections.abc import Iterator
 
 import pytest
+from stackfiles import sparc, write_profile
 from testhost import podman
+from trixiehost import ApplyHost
 
 from sparc_agent.probes import ExecSpec, ProbeOutcome, run_probe
 
@@ -45,3 +47,31 @@ def test_exec_timeout(container: str) -> None:
 def test_exec_in_a_missing_container_fails() -> None:
     result = asyncio.run(run_probe(ExecSpec(command=("true",)), container="sparc-probe-e2e-no-such"))
     assert result.outcome is ProbeOutcome.FAILED and "no such container" in result.detail
+
+
+def test_exec_probe_runs_inside_the_container(apply_host: ApplyHost) -> None:
+    """On both hosts: the probe reads a file only the container has (a token its command wrote at start);
+    run anywhere else (another root, as `podman exec` did under the trixie root's chroot) it fails."""
+    mgr, tmp = apply_host.mgr, apply_host.tmp
+    token = os.urandom(8).hex()
+    check = ["grep", "-qx", token, "/run/exec-marker"]
+    doc = {
+        "apiVersion": "sparc-agent/v1",
+        "name": mgr.name,
+        "services": {
+            "web": {
+                "image": apply_host.images["bb"],
+                "command": ["sh", "-c", f"echo {token} > /run/exec-marker && exec sleep 600"],
+                "health": {"exec": {"command": check}, "interval": "1s"},
+            }
+        },
+    }
+    done = sparc(mgr, "apply", str(write_profile(doc, tmp / "exec.yaml")))
+    assert done.returncode == 0, done.stdout + done.stderr  # apply's health gate ran the probe
+    assert "1/1 services healthy" in done.stdout
+    probe = sparc(mgr, "probe", mgr.name, "web")
+    assert probe.returncode == 0, probe.stdout + probe.stderr
+    # and the same check fails where the token is not: the probe's verdict comes from inside
+    apply_host.podman("exec", f"{mgr.name}-web", "rm", "/run/exec-marker")
+    gone = sparc(mgr, "probe", mgr.name, "web")
+    assert gone.returncode == 1, gone.stdout + gone.stderr

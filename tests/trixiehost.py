@@ -101,6 +101,7 @@ PODMAN_ENV = {
     "CONTAINERS_CONF_OVERRIDE": CONF_OVERRIDE,
 }
 IMAGE_RECORD = "var/lib/containers/storage-sparc-tests/sparc-standins.json"  # ref -> host image id
+NAMESPACE = SHARED_STATE / "trixie.mntns"  # the root's mount namespace, kept by a bind mount
 
 
 # --------------------------------------------------------------------------------------------------
@@ -109,8 +110,9 @@ IMAGE_RECORD = "var/lib/containers/storage-sparc-tests/sparc-standins.json"  # r
 
 def trixie_problems() -> list[str]:
     problems = []
-    if shutil.which("chroot") is None:
-        problems.append("chroot missing")
+    for tool in ("unshare", "nsenter"):
+        if shutil.which(tool) is None:
+            problems.append(f"{tool} missing (util-linux)")
     if not (ROOT / ".sparc-trixie-root").is_file() and shutil.which("mmdebstrap") is None:
         problems.append(f"{ROOT} not built and mmdebstrap missing (apt-get install mmdebstrap)")
     if not SETUP.is_file():
@@ -145,7 +147,27 @@ def inside(
 ) -> subprocess.CompletedProcess[str]:
     """Run argv in the root with a clean environment (plus `env`)."""
     full = {"PATH": INNER_PATH, "HOME": "/root", "LANG": "C.UTF-8", **podman_env, **(env or {})}
-    return run(["chroot", str(ROOT), *argv], env=full, check=check, timeout=timeout, input=input)
+    return run(enter(argv), env=full, check=check, timeout=timeout, input=input)
+
+
+def enter(argv: Sequence[str]) -> list[str]:
+    """argv run in the root's mount namespace (see _make_namespace), where the root is `/`."""
+    return ["nsenter", f"--mount={NAMESPACE}", "--", *argv]
+
+
+def _make_namespace() -> None:
+    """A mount namespace whose root is the trixie root (pivot_root, not chroot), kept by a bind mount.
+
+    Under chroot, podman's containers pivot_root from a root that is not their namespace's: runc then
+    attaches the container's root where the trixie root sits in the host's tree, and `podman exec` (so
+    also the exec probe and podman's health checks) enters the container's namespaces but lands in the
+    host's root directory. With the trixie root as the namespace's real root, exec lands in the container.
+    Mounts are copied into it when it is made: make it after everything under the root is mounted."""
+    if _is_mounted(NAMESPACE):
+        run(["umount", str(NAMESPACE)])  # one from an earlier mount of the root: its copies are stale
+    NAMESPACE.touch()
+    pivot = f"cd {ROOT} && mkdir -p .oldroot && pivot_root . .oldroot && umount -l /.oldroot"
+    run(["unshare", f"--mount={NAMESPACE}", "--propagation", "private", "sh", "-c", pivot])
 
 
 def inner_podman(*args: str, check: bool = True, timeout: float = 300) -> subprocess.CompletedProcess[str]:
@@ -221,13 +243,16 @@ def root_mounted() -> Iterator[Path]:
     with _locked("trixie"):
         users.mkdir(parents=True, exist_ok=True)
         me.touch()
-        if not _is_mounted(ROOT):
+        fresh = not _is_mounted(ROOT)
+        if fresh:
             t0 = time.monotonic()
             print(_setup("build"), end="")  # idempotent: "up to date" in ~0 s, else ~60 s
             print(f"trixie root: build check {time.monotonic() - t0:.1f} s")
             _setup("mount")
             ours.touch()
         _bind_journal()
+        if fresh or not _is_mounted(NAMESPACE):
+            _make_namespace()
         _configure_podman()
     try:
         yield ROOT
@@ -238,6 +263,8 @@ def root_mounted() -> Iterator[Path]:
             for stale in set(users.iterdir()) - set(alive):
                 stale.unlink(missing_ok=True)
             if not alive and ours.exists():
+                if _is_mounted(NAMESPACE):
+                    run(["umount", str(NAMESPACE)])
                 _setup("umount")
                 ours.unlink(missing_ok=True)
 
@@ -378,7 +405,7 @@ def load_images(root: Path = ROOT) -> None:
 
 @dataclass
 class TrixieManager(UserManager):
-    """A `systemd --user` (257) running chrooted into the trixie root, in its own cgroup subtree.
+    """A `systemd --user` (257) running in the trixie root's mount namespace, in its own cgroup subtree.
 
     `root` is /tmp/NAME, the same path inside the root and (through a symlink) on the host."""
 
@@ -394,7 +421,7 @@ class TrixieManager(UserManager):
 
     def command(self, argv: Sequence[str]) -> list[str]:
         """argv, run inside the root (use with .environ())."""
-        return ["chroot", str(self.rootfs), *argv]
+        return enter(argv)
 
     def sparc_command(self, *args: str) -> list[str]:
         return self.command([VENV_PYTHON, "-m", "sparc_agent.cli.main", *args])
