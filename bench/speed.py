@@ -188,6 +188,7 @@ class BringUp:
     noop_ms: list[float] = field(default_factory=list)
     noop_restarts: int = 0
     files: dict[Path, bytes] = field(default_factory=dict)  # quadlet: the rendered files
+    timings: str = ""  # agent: the last fresh apply's --timings
 
     def prepare(self) -> None:
         self.doc = example_timing(avatar_profile(self.mgr, self.tmp))
@@ -221,8 +222,13 @@ class BringUp:
             assert COMPOSE is not None
             run([COMPOSE, "-f", str(self.tmp / "compose.yaml"), "up", "-d"], env=env)
         else:
-            run([*AGENT, "apply", str(self.profile)], env=env)
+            done = subprocess.run(
+                [*AGENT, "apply", "--timings", str(self.profile)], env=env, capture_output=True, text=True
+            )
             elapsed = time.monotonic() - t0  # apply exits 0 only when every probe passed
+            if done.returncode != 0:
+                raise RuntimeError(f"apply exited {done.returncode}:\n{done.stdout}{done.stderr}")
+            self.timings = done.stderr
             wait_healthy(self.targets, 10)  # ... which the bench checks, not timed
             self.seconds.append(elapsed)
             self.noop()
@@ -590,6 +596,9 @@ def report(
         for peer, values in recovery[kind].items():
             lines.append(f"  {peer:<56} {median(values):>8.2f} {' '.join(f'{v:.1f}' for v in values):>7}")
     agent = by.get("agent")
+    if agent:
+        lines.append("where the last fresh apply's time went (apply --timings):")
+        lines += [f"  {line}" for line in agent.timings.splitlines()]
     noop = median(agent.noop_ms) if agent else math.nan
     if agent:
         lines.append(

@@ -11,6 +11,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TextIO
 
+from sparc_agent.apply import timeline
 from sparc_agent.apply.plan import file_changes, pod_changed, services_to_restart
 from sparc_agent.apply.start import ServiceOutcome, StartStep
 from sparc_agent.apply.write import reload, stop_removed, write
@@ -50,7 +51,9 @@ async def converge(
     await stop_removed(mgr, changes, log)
     if not changes.empty:
         write(config_home, store.journal, changes)
+        timeline.mark(f"{len(changes.writes)} files written, {len(changes.removes)} removed")
         await reload(mgr, changes)
+        timeline.mark("reloaded")
         result.reloaded = True
     if pod_changed(profile, changes):
         # new ports need a new pod; its containers are BindsTo= it and stop with it, then start below
@@ -63,4 +66,5 @@ async def converge(
             result.failed, result.reason = name, outcome.detail
     if result.failed is None:
         await mgr.start(names.target)  # everything it wants is up: this only marks the target active
+        timeline.mark(f"{names.target} active")
     return result

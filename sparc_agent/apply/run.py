@@ -12,13 +12,14 @@ from dataclasses import dataclass, field, replace
 from typing import TextIO
 
 from sparc_agent.agent.supervisor import plan_from_profile
+from sparc_agent.apply import timeline
 from sparc_agent.apply.claims import refuse_foreign_units
 from sparc_agent.apply.converge import ConvergeResult, converge
 from sparc_agent.apply.fastpath import render_key
 from sparc_agent.apply.lock import apply_lock
 from sparc_agent.apply.plan import file_changes, unified_diff
 from sparc_agent.apply.rollback import rollback
-from sparc_agent.apply.secrets import SecretUpdates, put_secrets, secret_updates
+from sparc_agent.apply.secrets import SecretUpdates, absent_secrets, put_secrets, secret_updates
 from sparc_agent.errors import SparcError
 from sparc_agent.host import podman
 from sparc_agent.host.detect import detect
@@ -106,28 +107,67 @@ def apply(
     return asyncio.run(apply_async(loaded, options, log))
 
 
+@dataclass
+class HostNow:
+    """What apply asks the host before it renders, all at once: versions, the bus, images, secrets."""
+
+    target: Target
+    mgr: UserManager
+    missing_images: list[str]
+    absent_secrets: set[str]
+
+
+async def ask_host(profile: Profile, target: Target | None) -> HostNow:
+    """Independent questions, each a process or a socket: asked together, not one after another."""
+
+    async def versions() -> Target:
+        return target or (await asyncio.to_thread(detect)).target()
+
+    images = [s.image for s in profile.services.values()]
+    answers = await asyncio.gather(
+        versions(),
+        UserManager.connect(),
+        asyncio.to_thread(podman.missing_images, images),
+        asyncio.to_thread(absent_secrets, profile),
+        return_exceptions=True,
+    )
+    failed = next((a for a in answers if isinstance(a, BaseException)), None)
+    if failed is not None:
+        if isinstance(answers[1], UserManager):
+            await answers[1].close()
+        raise failed
+    timeline.mark("host versions, bus, images and secrets known")
+    return HostNow(*answers)  # type: ignore[arg-type]  # no exception among them (checked above)
+
+
 async def apply_async(loaded: LoadedProfile, options: ApplyOptions, log: TextIO) -> ApplyReport:
     t0 = time.monotonic()
     profile = loaded.profile
     paths = Paths.from_env()
     store = Store(paths.stack(profile.name))
     podman.podman_path()  # exit 3 now, not halfway, when podman is missing
-    target = options.target or detect().target()
-    files = render(profile, target)
-    changes = file_changes(paths.config_home, profile.name, files)
-    report = ApplyReport(profile.name, None, unified_diff(paths.config_home, changes))
     if options.dry_run:
-        return report
-    with apply_lock(store.lock_path, options.wait_for_lock, log):
-        if commit.recover(store.journal, paths.config_home):
-            print("finished the file writes of an interrupted apply", file=log, flush=True)
-        store.migrate()
-        async with await UserManager.connect() as mgr:
+        files = render(profile, options.target or detect().target())
+        changes = file_changes(paths.config_home, profile.name, files)
+        return ApplyReport(profile.name, None, unified_diff(paths.config_home, changes))
+    host = await ask_host(profile, options.target)
+    async with host.mgr as mgr:
+        files = render(profile, host.target)
+        changes = file_changes(paths.config_home, profile.name, files)
+        report = ApplyReport(profile.name, None, unified_diff(paths.config_home, changes))
+        timeline.mark("rendered")
+        with apply_lock(store.lock_path, options.wait_for_lock, log):
+            if commit.recover(store.journal, paths.config_home):
+                print("finished the file writes of an interrupted apply", file=log, flush=True)
+            store.migrate()
             await refuse_foreign_units(mgr, profile.name, changes.writes)
-            report.pulled = await podman.pull_missing((s.image for s in profile.services.values()), log)
-            secrets = secret_updates(profile, store.paths, store.current())
+            await podman.pull(host.missing_images, log)
+            report.pulled = host.missing_images
+            secrets = secret_updates(profile, store.paths, store.current(), host.absent_secrets)
             put_secrets(profile, secrets)
-            generation = record(store, loaded, files, draft_meta(loaded, target, secrets, options.input_key))
+            draft = draft_meta(loaded, host.target, secrets, options.input_key)
+            generation = record(store, loaded, files, draft)
+            timeline.mark("images, secrets and generation in place")
             result = await converge(mgr, paths.config_home, store, profile, files, set(secrets.values), log)
             report.generation, report.result = generation.number, result
             store.set_current(generation)

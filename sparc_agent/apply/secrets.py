@@ -25,13 +25,21 @@ def salt(paths: StackPaths) -> bytes:
     return read_or_create(paths.salt, lambda: pysecrets.token_bytes(32), PRIVATE_FILE_MODE)
 
 
-def secret_updates(profile: Profile, paths: StackPaths, current: Generation | None) -> SecretUpdates:
+def absent_secrets(profile: Profile) -> set[str]:
+    """The stack's podman secrets that do not exist (one podman call when all do)."""
+    names = Names(profile.name)
+    return podman.missing_secrets(names.secret(n) for n in profile.secrets)
+
+
+def secret_updates(
+    profile: Profile, paths: StackPaths, current: Generation | None, absent: set[str]
+) -> SecretUpdates:
+    """`absent`: absent_secrets(profile), asked before (it runs beside other start-up work)."""
     names = Names(profile.name)
     key = salt(paths)
     fingerprints: dict[str, str] = {}
     changed: dict[str, bytes] = {}
     before = current.secrets if current else {}
-    absent = podman.missing_secrets(names.secret(n) for n in profile.secrets)
     for name, decl in profile.secrets.items():
         value = podman.secret_value(name, decl.file, decl.env)
         fingerprints[name] = podman.fingerprint(key, value)

@@ -11,7 +11,7 @@ import time
 from dataclasses import dataclass, field
 from typing import TextIO
 
-from sparc_agent.apply import gpu_budget
+from sparc_agent.apply import gpu_budget, timeline
 from sparc_agent.apply.verify import Where, wait_healthy, with_tail
 from sparc_agent.errors import SparcError
 from sparc_agent.host.systemd import UserManager
@@ -89,6 +89,7 @@ class StartStep:
             return
         if action != "unchanged":
             self.acted.add(name)
+            timeline.mark(f"{name}: {action} (its start job done)")
             print(f"{action} {unit}", file=self.log, flush=True)
         outcome = ServiceOutcome(name, action)
         self.outcomes[name] = outcome
@@ -105,5 +106,6 @@ class StartStep:
             ok, detail = gpu_budget.check(self.profile, name, unit, self.log)
         outcome.healthy, outcome.seconds, outcome.detail = ok, time.monotonic() - t0, detail
         if ok and action != "unchanged":
+            timeline.mark(f"{name}: healthy")
             print(f"{name} healthy after {outcome.seconds:.1f} s", file=self.log, flush=True)
         self.healthy[name].set_result(ok)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import atexit
 import sys
 from pathlib import Path
 
@@ -72,19 +73,30 @@ def render(
 @profile_options
 @click.option("--dry-run", is_flag=True, help="Show what would change, change nothing.")
 @click.option("--no-wait", is_flag=True, help="Fail instead of waiting when another apply holds the lock.")
+@click.option("--timings", is_flag=True, help="Say on stderr where the time went (seconds since start).")
 @reports_errors
 def apply(
-    profile: str, overlays: tuple[str, ...], sets: tuple[str, ...], dry_run: bool, no_wait: bool
+    profile: str,
+    overlays: tuple[str, ...],
+    sets: tuple[str, ...],
+    dry_run: bool,
+    no_wait: bool,
+    timings: bool,
 ) -> None:
     """Apply PROFILE: write its units, start the stack in order, check health, roll back on failure.
 
     Exit 0 applied and healthy; 1 applied but a service failed (rolled back); 2 invalid input;
     3 environment problem (no user manager, podman missing, image unavailable, another apply running).
     """
+    from sparc_agent.apply import timeline
     from sparc_agent.apply.fastpath import input_key, try_noop
 
+    timeline.mark("command line read (interpreter and CLI imports)")
+    if timings:
+        atexit.register(lambda: click.echo(timeline.format_timeline(), err=True))
     if not dry_run:
         same = try_noop(profile, overlays, sets)
+        timeline.mark("no-op check")
         if same is not None:
             n = same.services
             click.echo(
@@ -96,6 +108,7 @@ def apply(
     from sparc_agent.apply.run import apply as run_apply
 
     loaded = load_profile_or_exit(profile, overlays, sets, this_gpu=True)
+    timeline.mark("profile validated")
     options = ApplyOptions(
         dry_run=dry_run, wait_for_lock=not no_wait, input_key=input_key(profile, overlays, sets)
     )

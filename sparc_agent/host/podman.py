@@ -48,7 +48,13 @@ async def pull_missing(images: Iterable[str], log: TextIO = sys.stderr) -> list[
     Done before any unit starts: a 20 GB image must not eat a unit's start timeout.
     """
     missing = missing_images(images)
-    for image in missing:
+    await pull(missing, log)
+    return missing
+
+
+async def pull(images: Iterable[str], log: TextIO = sys.stderr) -> None:
+    """Pull these images, one at a time, with podman's progress on stderr."""
+    for image in images:
         print(f"pulling {image} (not present locally)...", file=log, flush=True)
         proc = await spawn([podman_path(), "pull", image], stdout="null")
         last = ""
@@ -60,7 +66,6 @@ async def pull_missing(images: Iterable[str], log: TextIO = sys.stderr) -> list[
                 print(f"  {image}: {line}", file=log, flush=True)
         if await proc.wait() != 0:
             raise ImageUnavailable(f"cannot pull image {image}: {last or 'podman pull failed'}")
-    return missing
 
 
 # ---------------------------------------------------------------- secrets
