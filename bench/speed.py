@@ -189,6 +189,7 @@ class BringUp:
     noop_restarts: int = 0
     files: dict[Path, bytes] = field(default_factory=dict)  # quadlet: the rendered files
     timings: str = ""  # agent: the last fresh apply's --timings
+    noop_timings: str = ""  # and the last no-op's
 
     def prepare(self) -> None:
         self.doc = example_timing(avatar_profile(self.mgr, self.tmp))
@@ -241,8 +242,16 @@ class BringUp:
         units = [f"{self.mgr.name}-{s}.service" for s in self.doc["services"]]
         before = {u: unit_props(self.mgr, u) for u in units}
         t0 = time.monotonic()
-        run([*AGENT, "apply", str(self.profile)], env=self.mgr.environ())
+        done = subprocess.run(
+            [*AGENT, "apply", "--timings", str(self.profile)],
+            env=self.mgr.environ(),
+            capture_output=True,
+            text=True,
+        )
         self.noop_ms.append((time.monotonic() - t0) * 1000)
+        if done.returncode != 0 or "all unchanged" not in done.stdout:
+            raise RuntimeError(f"the re-apply was not a no-op:\n{done.stdout}{done.stderr}")
+        self.noop_timings = done.stderr
         after = {u: unit_props(self.mgr, u) for u in units}
         self.noop_restarts += sum(
             (before[u]["MainPID"] != after[u]["MainPID"])
@@ -599,6 +608,8 @@ def report(
     if agent:
         lines.append("where the last fresh apply's time went (apply --timings):")
         lines += [f"  {line}" for line in agent.timings.splitlines()]
+        lines.append("and the last no-op's:")
+        lines += [f"  {line}" for line in agent.noop_timings.splitlines()]
     noop = median(agent.noop_ms) if agent else math.nan
     if agent:
         lines.append(

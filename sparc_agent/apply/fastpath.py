@@ -20,6 +20,7 @@ from pathlib import Path
 from typing import Any
 
 from sparc_agent import __version__
+from sparc_agent.apply import timeline
 from sparc_agent.host.detect import binaries
 from sparc_agent.probes import ProbeOutcome
 from sparc_agent.probes.inpod import PodProbers
@@ -88,6 +89,7 @@ def try_noop(profile: str, overlays: Sequence[str], sets: Sequence[str]) -> Noop
         # a record from another renderer (or migrated from an older schema) is never trusted
         if meta.input_key == key and meta.render_key == render_key() and meta.status is Status.HEALTHY:
             if _files_match(paths, stack, meta) and _secrets_match(stack, meta):
+                timeline.mark("no-op: key, files and secrets match")
                 return asyncio.run(_running_and_healthy(stack.name, meta))
             return None
     return None
@@ -131,20 +133,28 @@ async def _running_and_healthy(stack: str, meta: GenerationMeta) -> NoopReport |
     from sparc_agent.host.systemd import UserManager
 
     services = meta.plan.services
-    try:
-        async with await UserManager.connect() as mgr, PodProbers() as probers:
-            states = await asyncio.gather(*(mgr.unit_state(s.unit) for s in services))
+    async with PodProbers() as probers:
+        # the probes first (an exec probe's podman is the slowest part), the bus meanwhile
+        probing = asyncio.gather(
+            *(
+                probers.run(spec_from_plan(p), container=s.container, pod=p.get("pod"))
+                for s in services
+                if (p := s.probe)
+            )
+        )
+        try:
+            async with await UserManager.connect() as mgr:
+                states = await asyncio.gather(*(mgr.unit_state(s.unit) for s in services))
             if not all(st.active_state == "active" for st in states):
                 return None
-            results = await asyncio.gather(
-                *(
-                    probers.run(spec_from_plan(p), container=s.container, pod=p.get("pod"))
-                    for s in services
-                    if (p := s.probe)
-                )
-            )
-    except SparcError:
-        return None  # the full path reports bus problems properly
+            results = await probing
+        except SparcError:
+            return None  # the full path reports bus problems properly
+        finally:
+            if not probing.done():  # not all active, or the bus failed: stop the probes (their clients)
+                probing.cancel()
+                await asyncio.gather(probing, return_exceptions=True)
+    timeline.mark("no-op: every unit active and every probe answered")
     if any(r.outcome is not ProbeOutcome.OK for r in results):
         return None
     return NoopReport(stack, meta.number, len(services))

@@ -8,6 +8,7 @@ from __future__ import annotations
 import asyncio
 import sys
 import time
+from concurrent.futures import Future
 from dataclasses import dataclass, field, replace
 from typing import TextIO
 
@@ -22,7 +23,7 @@ from sparc_agent.apply.rollback import rollback
 from sparc_agent.apply.secrets import SecretUpdates, absent_secrets, put_secrets, secret_updates
 from sparc_agent.errors import SparcError
 from sparc_agent.host import podman
-from sparc_agent.host.detect import detect
+from sparc_agent.host.detect import HostVersions, detect
 from sparc_agent.host.systemd import UserManager
 from sparc_agent.profile.load import LoadedProfile
 from sparc_agent.profile.model import Profile
@@ -45,6 +46,7 @@ class ApplyOptions:
     wait_for_lock: bool = True
     target: Target | None = None  # default: what this host runs
     input_key: str | None = None  # fastpath.input_key() of the command line, recorded for the fast path
+    detected: Future[HostVersions] | None = None  # detect(), started early (while the profile validated)
 
 
 @dataclass
@@ -117,11 +119,15 @@ class HostNow:
     absent_secrets: set[str]
 
 
-async def ask_host(profile: Profile, target: Target | None) -> HostNow:
+async def ask_host(profile: Profile, options: ApplyOptions) -> HostNow:
     """Independent questions, each a process or a socket: asked together, not one after another."""
 
     async def versions() -> Target:
-        return target or (await asyncio.to_thread(detect)).target()
+        if options.target is not None:
+            return options.target
+        if options.detected is not None:
+            return (await asyncio.wrap_future(options.detected)).target()
+        return (await asyncio.to_thread(detect)).target()
 
     images = [s.image for s in profile.services.values()]
     answers = await asyncio.gather(
@@ -147,10 +153,11 @@ async def apply_async(loaded: LoadedProfile, options: ApplyOptions, log: TextIO)
     store = Store(paths.stack(profile.name))
     podman.podman_path()  # exit 3 now, not halfway, when podman is missing
     if options.dry_run:
-        files = render(profile, options.target or detect().target())
+        versions = options.detected.result() if options.detected else detect()
+        files = render(profile, options.target or versions.target())
         changes = file_changes(paths.config_home, profile.name, files)
         return ApplyReport(profile.name, None, unified_diff(paths.config_home, changes))
-    host = await ask_host(profile, options.target)
+    host = await ask_host(profile, options)
     async with host.mgr as mgr:
         files = render(profile, host.target)
         changes = file_changes(paths.config_home, profile.name, files)
