@@ -20,7 +20,7 @@ from sparc_agent.profile.load import load_profile
 
 ROOT = Path(__file__).resolve().parent.parent
 GOLDEN = ROOT / "tests" / "golden" / "export"
-EXAMPLES = ["sparc-avatar", "sparc-backend"]
+EXAMPLES = ["sparc-avatar", "sparc-backend", "loader"]  # loader: tests/profiles/ (a one-shot)
 K8S_VERSION = "1.30.0"
 VARIANTS = {
     "kube.yaml": KubeOptions(),
@@ -28,9 +28,13 @@ VARIANTS = {
 }
 
 
+def _source(example: str) -> Path:
+    return ROOT / ("tests/profiles" if example == "loader" else "examples") / f"{example}.yaml"
+
+
 def _export(example: str, options: KubeOptions) -> str:
-    profile = load_profile(str(ROOT / "examples" / f"{example}.yaml")).profile
-    return export_kube(profile, options, source=f"examples/{example}.yaml")
+    profile = load_profile(str(_source(example))).profile
+    return export_kube(profile, options, source=str(_source(example).relative_to(ROOT)))
 
 
 @pytest.mark.unit
@@ -224,3 +228,26 @@ def test_podman_kube_play_runs_the_avatar_stack(tmp_path: Path, standin_images: 
     assert not podman(
         "ps", "-a", "--filter", f"pod={name}", "--format", "{{.Names}}", check=False
     ).stdout.strip()
+
+
+@pytest.mark.unit
+def test_a_oneshot_is_an_init_container_where_it_fits_and_a_noted_container_where_not(tmp_path: Path) -> None:
+    pod = yaml.safe_load(_export("loader", KubeOptions()).split("---\n")[2])["spec"]
+    assert [c["name"] for c in pod["initContainers"]] == ["fetch-models"]  # runs before the server
+    assert [c["name"] for c in pod["containers"]] == ["server"]
+    assert "depends on fetch-models" not in _export("loader", KubeOptions())  # enforced: no such note
+
+    # a one-shot that waits for a running service cannot run before it: a container, and a note
+    path = _profile(
+        tmp_path,
+        {
+            "services": {
+                "db": {"image": "localhost/db:1"},
+                "seed": {"image": "localhost/seed:1", "oneshot": True, "depends_on": {"db": "started"}},
+            }
+        },
+    )
+    text = export_kube(load_profile(str(path)).profile)
+    spec = yaml.safe_load(text.split("---\n")[1])["spec"]
+    assert "initContainers" not in spec and [c["name"] for c in spec["containers"]] == ["db", "seed"]
+    assert "# seed: one-shot kept as a container (an initContainer runs before db is up)" in text

@@ -23,15 +23,19 @@ from sparc_agent.profile.load import load_profile
 
 ROOT = Path(__file__).resolve().parent.parent
 GOLDEN = ROOT / "tests" / "golden" / "export"
-EXAMPLES = ["sparc-avatar", "sparc-backend"]
+EXAMPLES = ["sparc-avatar", "sparc-backend", "loader"]  # loader: tests/profiles/ (a one-shot)
 RUNTIMES = ["apptainer", "podman"]
 AVATAR = str(ROOT / "examples" / "sparc-avatar.yaml")
 
 
+def _source(example: str) -> Path:
+    return ROOT / ("tests/profiles" if example == "loader" else "examples") / f"{example}.yaml"
+
+
 def _export(example: str, runtime: str) -> str:
-    profile = load_profile(str(ROOT / "examples" / f"{example}.yaml")).profile
+    profile = load_profile(str(_source(example))).profile
     options = SlurmOptions(runtime="podman" if runtime == "podman" else "apptainer")
-    return export_slurm(profile, options, source=f"examples/{example}.yaml")
+    return export_slurm(profile, options, source=str(_source(example).relative_to(ROOT)))
 
 
 @pytest.mark.unit
@@ -360,3 +364,26 @@ def test_real_job_runs_the_stack_healthy_and_scancel_leaves_nothing(
         slurm_cluster.run("scancel", job)
         podman("pod", "rm", "-f", "-i", "-t", "0", pod, check=False)
         podman("volume", "rm", "-f", f"{name}-riva-models", check=False)
+
+
+@pytest.mark.unit
+def test_a_failing_oneshot_fails_the_job_before_its_dependent_launches(tmp_path: Path) -> None:
+    """The job script's own control flow, with the containers replaced by stubs: the one-shot runs in
+    the foreground; its failure ends the job (exit 1, naming it and its status); nothing after it starts."""
+    script = _export("loader", "podman")
+    main = script[script.index('log "fetch-models: running (one-shot)"') : script.rindex("wait")]
+    stubs = [
+        'log() { echo "log: $*"; }',
+        'fail() { log "ERROR: $*"; exit 1; }',
+        'launch() { echo "launched $1"; }',
+        "await_healthy() { :; }",
+    ]
+    for loader_status, expect_rc in ((3, 1), (0, 0)):
+        run = tmp_path / f"main{loader_status}.sh"
+        run.write_text("\n".join([*stubs, f"start_fetch_models() {{ return {loader_status}; }}", main]))
+        done = subprocess.run(["bash", str(run)], capture_output=True, text=True, timeout=30)
+        assert done.returncode == expect_rc, done.stdout + done.stderr
+        if loader_status:
+            assert "ERROR: fetch-models failed (exit 3)" in done.stdout and "launched" not in done.stdout
+        else:
+            assert "launched server" in done.stdout and "1 one-shots completed" in done.stdout

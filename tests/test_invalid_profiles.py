@@ -211,7 +211,45 @@ CASES: list[tuple[str, str, str, str]] = [
         "depends-bad-condition",
         svc("    depends_on: {web: ready}  #!\n"),
         "services.web.depends_on.web",
-        "started or healthy",
+        "started, healthy or completed",
+    ),
+    (
+        "oneshot-with-probe",
+        HEAD + "services:\n  load:\n    image: x\n    oneshot: true\n    health: {tcp: {port: 8000}}  #!\n",
+        "services.load.health",
+        "one-shot has no health probe",
+    ),
+    (
+        "oneshot-with-restart",
+        HEAD + "services:\n  load:\n    image: x\n    oneshot: true\n    restart: {policy: always}  #!\n",
+        "services.load.restart",
+        "never restarted",
+    ),
+    (
+        "oneshot-not-bool",
+        HEAD + "services:\n  load:\n    image: x\n    oneshot: once  #!\n",
+        "services.load.oneshot",
+        "bool",
+    ),
+    (
+        "completed-on-long-running",
+        HEAD + "services:\n  db: {image: x}\n  web:\n    image: x\n    depends_on: {db: completed}  #!\n",
+        "services.web.depends_on.db",
+        "never `completed`",
+    ),
+    (
+        "started-on-oneshot",
+        HEAD
+        + "services:\n  load: {image: x, oneshot: true}\n  web:\n    image: x\n    depends_on: [load]  #!\n",
+        "services.web.depends_on.load",
+        "depend on it with `completed`, not `started`",
+    ),
+    (
+        "healthy-on-oneshot",
+        HEAD
+        + "services:\n  load: {image: x, oneshot: true}\n  web:\n    image: x\n    depends_on: {load: healthy}  #!\n",
+        "services.web.depends_on.load",
+        "depend on it with `completed`, not `healthy`",
     ),
     (
         "depends-healthy-no-probe",

@@ -126,14 +126,24 @@ def _split(text: str) -> list[str]:
 
 
 @pytest.mark.parametrize("podman", ["4.4", "5.4"])
-@pytest.mark.parametrize("example", ["sparc-avatar", "sparc-backend"])
+@pytest.mark.parametrize("example", ["sparc-avatar", "sparc-backend", "loader"])
 def test_examples_pass_the_real_generator_and_verify(example: str, podman: str, tmp_path: Path) -> None:
-    profile = load_profile(str(ROOT / "examples" / f"{example}.yaml")).profile
+    where = ROOT / ("tests/profiles" if example == "loader" else "examples")  # loader: a one-shot
+    profile = load_profile(str(where / f"{example}.yaml")).profile
     units, _ = generate(render(profile, Target.for_podman(podman)), tmp_path)
     assert f"{example}-pod.service" in units
     for name in profile.services:
         assert f"{example}-{name}.service" in units
     verify(units, tmp_path)
+    if example == "loader":  # quadlet keeps a one-shot's Type= and runs the container in the foreground
+        loader = units["loader-fetch-models.service"]
+        assert "Type=oneshot" in loader and "RemainAfterExit=yes" in loader and "Type=notify" not in loader
+        assert "-d" not in exec_start_words(loader) and "--sdnotify" not in loader
+        # the pod outlives the one-shot's exit: podman takes the last --exit-policy it is given
+        create = next(line for line in units["loader-pod.service"].splitlines() if " pod create " in line)
+        assert [w for w in exec_start_words_of(create) if w.startswith("--exit-policy")][
+            -1
+        ] == "--exit-policy=continue"
 
 
 def test_split_matches_systemd_quoting() -> None:

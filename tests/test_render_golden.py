@@ -14,16 +14,24 @@ pytestmark = pytest.mark.unit
 ROOT = Path(__file__).resolve().parent.parent
 GOLDEN = Path(__file__).resolve().parent / "golden"
 EXAMPLES = ["sparc-avatar", "sparc-backend"]
+# profiles for what no example uses (a one-shot loader): tests/profiles/NAME.yaml
+TEST_PROFILES = ["loader"]
 PODMAN = ["4.4", "5.4"]
 
 
+def profile_path(example: str) -> Path:
+    if example in TEST_PROFILES:
+        return ROOT / "tests" / "profiles" / f"{example}.yaml"
+    return ROOT / "examples" / f"{example}.yaml"
+
+
 def _rendered(example: str, podman: str) -> dict[str, str]:
-    profile = load_profile(str(ROOT / "examples" / f"{example}.yaml")).profile
+    profile = load_profile(str(profile_path(example))).profile
     return render(profile, Target.for_podman(podman))
 
 
 @pytest.mark.parametrize("podman", PODMAN)
-@pytest.mark.parametrize("example", EXAMPLES)
+@pytest.mark.parametrize("example", EXAMPLES + TEST_PROFILES)
 def test_golden(example: str, podman: str, update_golden: bool) -> None:
     files = _rendered(example, podman)
     root = GOLDEN / example / podman
@@ -80,3 +88,16 @@ def test_podman_versions_differ_where_they_should() -> None:
         '"--secret=sparc-avatar-openai-api-key,type=env,target=OPENAI_API_KEY"'
         in old["containers/systemd/sparc-avatar-mas.container"]
     )
+
+
+def test_a_oneshot_runs_once_and_gates_its_dependents() -> None:
+    files = _rendered("loader", "5.4")
+    loader = files["containers/systemd/loader-fetch-models.container"]
+    server = files["containers/systemd/loader-server.container"]
+    service = loader.split("[Service]", 1)[1]
+    assert "Type=oneshot" in service and "RemainAfterExit=yes" in service and "Restart=no" in service
+    assert "RestartSec" not in loader and "StartLimitBurst" not in loader  # no restart policy at all
+    # a dependent waits for the one-shot's exit and never starts after it failed
+    assert "Requires=loader-fetch-models.service\nAfter=loader-fetch-models.service" in server
+    assert "Wants=loader-fetch-models.service" not in server
+    assert "Type=oneshot" not in server and "Restart=on-failure" in server

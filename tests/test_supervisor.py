@@ -555,3 +555,40 @@ def test_an_action_cut_short_by_the_agent_stopping_leaves_nothing_in_flight(tmp_
 
     asyncio.run(agent_stops())
     assert not m.busy
+
+
+def test_a_oneshot_is_completed_never_probed_never_restarted() -> None:
+    from pathlib import Path
+
+    from sparc_agent.agent.supervisor import plan_from_profile
+    from sparc_agent.profile.load import load_profile
+
+    profile = load_profile(str(Path(__file__).parent / "profiles" / "loader.yaml")).profile
+    stack = plan_from_profile(profile, 1)
+    loader, server = stack.services
+    assert loader.oneshot and loader.probe is None and loader.policy == "no"
+    assert server.depends_on == {"fetch-models": "completed"} and not server.oneshot
+    assert stack.dependents("fetch-models") == []  # `completed` dependents are not restarted for it
+
+    exited = UnitView("active", "exited", "success", 0, 0, "a")  # RemainAfterExit=yes after exit 0
+    m = ServiceMachine(loader, 0.0, rng=lambda: 0.0)
+    m.adopt_running(exited, 0.0)
+    assert m.state is State.COMPLETED and not m.probe_due(0.0) and m.next_wakeup() is None
+    m.on_dependency_recovered("x")  # even if asked: a one-shot runs once per generation
+    assert m.due(1.0) is None
+    m.on_apply_finished(2.0)
+    assert m.state is State.COMPLETED
+    # a user manager restart: its dependents' starts pull it in (Requires=); not owed a start of its own
+    m.on_manager_restart(3.0)
+    m.on_unit(UnitView("inactive", "dead", "", 0, 0, ""), 3.0)
+    assert m.due(100.0) is None and m.state is State.STOPPED
+
+    # a run that fails (a later apply, or by hand) is shown and left alone
+    f = ServiceMachine(loader, 0.0, rng=lambda: 0.0)
+    f.adopt_running(exited, 0.0)
+    f.on_unit(UnitView("activating", "start", "", 0, 7, "b"), 1.0)
+    f.on_unit(UnitView("failed", "failed", "exit-code", 0, 0, "b"), 2.0)
+    assert f.state is State.STOPPED and "one-shot is not restarted" in f.reason
+    assert f.due(50.0) is None and f.restarts_total == 0
+    f.on_unit(UnitView("active", "exited", "success", 0, 0, "c"), 60.0)  # run again by hand: done
+    assert f.state is State.COMPLETED

@@ -67,7 +67,7 @@ HEARTBEAT_S: Final = 10.0  # rewrite the state file this often even without chan
 Listener = Callable[[str, Event], None]
 
 # what each state counts as on the STATUS= line
-_OK_STATES: Final = (State.HEALTHY,)
+_OK_STATES: Final = (State.HEALTHY, State.COMPLETED)
 # a probe that runs apart checks a service its own probe finds up (or one it already found failing)
 _APART_STATES: Final = (State.HEALTHY, State.UNHEALTHY)
 

@@ -55,6 +55,7 @@ class State(enum.StrEnum):
     BACKOFF = "BACKOFF"
     FATAL = "FATAL"
     STOPPED = "STOPPED"
+    COMPLETED = "COMPLETED"  # a one-shot that ran to completion: never probed, never restarted
 
 
 # ---------------------------------------------------------------- the plan (what to supervise: state.plan)
@@ -89,7 +90,7 @@ def plan_from_profile(profile: Profile, generation: int) -> StackPlan:
                 unit=names.service_unit(name),
                 container=names.container(name),
                 probe=probe,
-                policy=policy.policy,
+                policy="no" if svc.oneshot else policy.policy,
                 backoff_initial=policy.backoff.initial,
                 backoff_max=policy.backoff.max,
                 multiplier=policy.backoff.multiplier,
@@ -97,6 +98,7 @@ def plan_from_profile(profile: Profile, generation: int) -> StackPlan:
                 window=policy.window,
                 stop_grace=policy.stop_grace,
                 depends_on=dict(svc.depends_on),
+                oneshot=svc.oneshot,
                 gpu=svc.gpus is not None,
                 gpu_memory_budget=svc.resources.gpu_memory if svc.resources is not None else None,
                 **timing,
@@ -290,7 +292,8 @@ class ServiceMachine:
         self._dependency = None
         self.next_probe_at = None
         self.backoff_until = None
-        self._owed_start = self.state not in (State.STOPPED, State.FATAL)
+        # (a one-shot ran for this generation; a dependent's start pulls it in again through Requires=)
+        self._owed_start = self.state not in (State.STOPPED, State.FATAL, State.COMPLETED)
 
     def on_apply_finished(self, now: float) -> None:
         """An apply just ran on the stack: what it did is not a failure of ours to count."""
@@ -364,7 +367,8 @@ class ServiceMachine:
                 self._on_crash(now, unit, systemd_restarting=True)
         elif a == "failed":
             if self.plan.policy == "no":
-                self._to(State.STOPPED, now, f"failed ({unit.result}); policy no: not restarted")
+                why = "a one-shot is not restarted" if self.plan.oneshot else "policy no: not restarted"
+                self._to(State.STOPPED, now, f"failed ({unit.result}); {why}")
             else:
                 self._on_crash(now, unit, systemd_restarting=False)
         elif a == "inactive" and not self._holding and self.state is not State.BACKOFF:
@@ -411,6 +415,10 @@ class ServiceMachine:
         self.fails = 0
         self.started_at = now
         self._failing.clear()  # a new process: the other sources' old verdicts were about the last one
+        if self.plan.oneshot:  # active means exited 0 (RemainAfterExit=yes): done for this generation
+            self.next_probe_at = None
+            self._to(State.COMPLETED, now, "ran to completion")
+            return
         if self.unit is not None and not self.has_probe:
             self._healthy(now, "running (no probe)")
             return

@@ -71,6 +71,17 @@ class StartStep:
             return "started"
         return "restarted" if name in self.restart or dep_restarted else "unchanged"
 
+    async def _carry_out(self, unit: str, action: str, oneshot: bool) -> None:
+        """A one-shot's start ends when it exited (0, else JobFailed): `started` is `completed` for it."""
+        if action == "started":
+            await self.mgr.start(unit)
+        elif action == "restarted" and oneshot:
+            # run it again: Requires= stops its `completed` dependents first (they start after it)
+            await self.mgr.stop(unit)
+            await self.mgr.start(unit)
+        elif action == "restarted":
+            await self.mgr.restart(unit)
+
     async def bring_up(self, name: str) -> None:
         failed_dep = await self._dependency_failed(name)
         if failed_dep is not None:
@@ -79,18 +90,16 @@ class StartStep:
         unit = self.names.service_unit(name)
         action = await self._action(name, unit)
         t0 = time.monotonic()
+        oneshot = self.profile.services[name].oneshot
         try:
-            if action == "started":
-                await self.mgr.start(unit)
-            elif action == "restarted":
-                await self.mgr.restart(unit)
+            await self._carry_out(unit, action, oneshot)
         except SparcError as exc:
             self._done(ServiceOutcome(name, action, False, detail=with_tail(f"{exc}", unit)), False, False)
             return
         if action != "unchanged":
             self.acted.add(name)
             timeline.mark(f"{name}: {action} (its start job done)")
-            print(f"{action} {unit}", file=self.log, flush=True)
+            print(f"{action} {unit}" + (" (ran to completion)" if oneshot else ""), file=self.log, flush=True)
         outcome = ServiceOutcome(name, action)
         self.outcomes[name] = outcome
         self.started[name].set_result(True)

@@ -71,7 +71,13 @@ async def _status(stack: str) -> dict[str, Any]:
             svc = profile.services[name]
             seen = watched.get(name)
             probe = (seen or {}).get("probe")
-            if not state.is_active:
+            if svc.oneshot:  # runs once per generation: done, failed, or not run (yet)
+                health = (
+                    "completed"
+                    if state.is_active
+                    else (f"failed ({state.result})" if state.is_failed else "not run")
+                )
+            elif not state.is_active:
                 health = "not running"
             elif probe:  # the agent probes anyway: show its last result instead of probing again
                 health = "ok" if probe["outcome"] == "ok" else f"{probe['outcome']}: {probe['detail']}"
@@ -147,7 +153,9 @@ def format_status(report: dict[str, Any]) -> str:
     widths = [max(len(r[i]) for r in rows) for i in range(4)]
     lines = ["  ".join(c.ljust(w) for c, w in zip(r[:4], widths, strict=True)) + "  " + r[4] for r in rows]
     healthy = sum(
-        1 for s in report["services"] if s["health"] in ("ok", "no probe") and s["state"].startswith("active")
+        1
+        for s in report["services"]
+        if s["health"] in ("ok", "no probe", "completed") and s["state"].startswith("active")
     )
     out = [header, *lines, f"{healthy}/{len(report['services'])} healthy", *_format_gpu(report)]
     if report.get("agent"):
@@ -188,7 +196,7 @@ def _format_supervisor(report: dict[str, Any]) -> str:
             note = f"FATAL: {v.get('fatal_reason')} (`sparc-agent restart {report['stack']} {s['service']}`)"
         elif v.get("backoff_until"):
             note = f"restart in {max(0.0, v['backoff_until'] - now):.1f}s: {v.get('reason', '')}"
-        elif v.get("state") not in (None, "HEALTHY"):
+        elif v.get("state") not in (None, "HEALTHY", "COMPLETED"):
             note = str(v.get("reason", ""))
         rows.append((s["service"], str(v.get("state", "?")), last, f"{v.get('restarts', 0)}", note))
     widths = [max(len(r[i]) for r in rows) for i in range(4)]

@@ -198,6 +198,7 @@ def _container(
     ports: list[dict[str, Any]],
     volumes: _Volumes,
     notes: list[str],
+    init: list[str],
 ) -> dict[str, Any]:
     c: dict[str, Any] = {"name": name, "image": svc.image}
     if svc.command:
@@ -213,10 +214,34 @@ def _container(
     if mounts:
         c["volumeMounts"] = mounts
     c.update(_probes(profile, name, svc, notes))
-    if svc.depends_on:
-        deps = ", ".join(f"{d} ({cond})" for d, cond in svc.depends_on.items())
+    unenforced = {d: cond for d, cond in svc.depends_on.items() if d not in init}  # init: done before
+    if unenforced:
+        deps = ", ".join(f"{d} ({cond})" for d, cond in unenforced.items())
         notes.append(f"{name}: depends on {deps}: not enforced (a pod starts all containers at once)")
+    if svc.oneshot and name not in init:
+        notes.append(
+            f"{name}: one-shot kept as a container (an initContainer runs before {', '.join(unenforced)} is"
+            " up): it starts with the others, nothing waits for it, and the pod's restartPolicy applies"
+            " to it after it exits"
+        )
     return c
+
+
+def init_containers(profile: Profile) -> list[str]:
+    """One-shots that fit as initContainers, in start order: those whose dependencies are all such
+    one-shots too (init containers run one at a time, in order, before any other container starts)."""
+    init: list[str] = []
+    for name in start_order(profile):
+        svc = profile.services[name]
+        if svc.oneshot and all(dep in init for dep in svc.depends_on):
+            init.append(name)
+    return init
+
+
+def _first_container(profile: Profile) -> str:
+    """The container that lists the ports no probe names: the first one that keeps running."""
+    init = init_containers(profile)
+    return next((n for n in profile.services if n not in init), next(iter(profile.services)))
 
 
 def _owners(profile: Profile) -> dict[tuple[str, int], str]:
@@ -230,7 +255,7 @@ def _owners(profile: Profile) -> dict[tuple[str, int], str]:
 
 def _container_ports(profile: Profile) -> dict[str, list[dict[str, Any]]]:
     owners = _owners(profile)
-    first = next(iter(profile.services))
+    first = _first_container(profile)
     out: dict[str, list[dict[str, Any]]] = {name: [] for name in profile.services}
     for spec in profile.pod.ports:
         ip = host_ip(profile, spec)
@@ -249,7 +274,8 @@ def _container_ports(profile: Profile) -> dict[str, list[dict[str, Any]]]:
 
 
 def _restart_policy(profile: Profile, deployment: bool, notes: list[str]) -> str:
-    policies = {name: svc.restart.policy for name, svc in profile.services.items()}
+    # a one-shot has no restart policy of its own (it runs once)
+    policies = {name: svc.restart.policy for name, svc in profile.services.items() if not svc.oneshot}
     if deployment or "always" in policies.values():
         chosen = "Always"
     elif "on-failure" in policies.values():
@@ -269,14 +295,15 @@ def _restart_policy(profile: Profile, deployment: bool, notes: list[str]) -> str
 def _pod_spec(profile: Profile, deployment: bool, notes: list[str]) -> dict[str, Any]:
     volumes = _Volumes(profile)
     ports = _container_ports(profile)
-    containers = [
-        _container(profile, name, profile.services[name], ports[name], volumes, notes)
+    init = init_containers(profile)
+    containers = {
+        name: _container(profile, name, profile.services[name], ports[name], volumes, notes, init)
         for name in start_order(profile)
-    ]
-    spec: dict[str, Any] = {
-        "restartPolicy": _restart_policy(profile, deployment, notes),
-        "containers": containers,
     }
+    spec: dict[str, Any] = {"restartPolicy": _restart_policy(profile, deployment, notes)}
+    if init:  # one-shots: each runs to completion, in order, before the containers start
+        spec["initContainers"] = [containers[n] for n in init]
+    spec["containers"] = [c for n, c in containers.items() if n not in init]
     if volumes.pod:
         spec["volumes"] = list(volumes.pod.values())
     return spec
@@ -293,7 +320,7 @@ def _pod_docs(profile: Profile, options: KubeOptions) -> _Doc:
     owned = set(_owners(profile))
     if any((s.protocol, h) not in owned for s in profile.pod.ports for h, _ in port_pairs(s)):
         notes.append(
-            f"ports no probe names are listed on the first container ({next(iter(profile.services))});"
+            f"ports no probe names are listed on the first container ({_first_container(profile)});"
             " any container of the pod may listen on them"
         )
     if not options.deployment:

@@ -386,23 +386,36 @@ def _main(profile: Profile) -> list[str]:
     for name in start_order(profile):
         svc = profile.services[name]
         for dep, condition in svc.depends_on.items():
+            if condition == "completed":
+                continue  # it ran to completion above, before anything after it started
             if condition == "healthy":
                 h = profile.services[dep].health
                 assert h is not None  # validation: `healthy` needs a probe
                 out.append(f"await_healthy {dep} {h.interval:g} {h.start_period:g}")
             else:
                 out.append(f"await_started {dep}")
+        if svc.oneshot:  # in the foreground, once: the job fails with it
+            out += [
+                f'log "{name}: running (one-shot)"',
+                f'(start_{_fn(name)}) || fail "{name} failed (exit $?)"',
+            ]
+            continue
         r = svc.restart
         out.append(
             f"launch {name} {r.policy} {r.backoff.initial:g} {r.backoff.max:g} {r.backoff.multiplier:g}"
             f" {r.max_restarts} {r.window:g}"
         )
-    for name in start_order(profile):
+    running = [n for n in start_order(profile) if not profile.services[n].oneshot]
+    for name in running:
         h = profile.services[name].health
         out.append(
             f"await_healthy {name} {h.interval:g} {h.start_period:g}" if h else f"await_started {name}"
         )
-    out += [f'log "all {len(profile.services)} services healthy"', "wait"]
+    done = len(profile.services) - len(running)
+    out += [
+        f'log "all {len(running)} services healthy{f", {done} one-shots completed" if done else ""}"',
+        "wait",
+    ]
     return out
 
 

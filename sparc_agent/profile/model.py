@@ -415,11 +415,13 @@ class Service(Frozen):
     volumes: tuple[MountSpec, ...] = ()
     gpus: Annotated[str | int | tuple[str, ...], BeforeValidator(_gpus)] | None = None
     resources: Resources | None = None
-    depends_on: Annotated[dict[ServiceName, Literal["started", "healthy"]], BeforeValidator(_depends_on)] = (
-        Field(default_factory=dict)
-    )
+    depends_on: Annotated[
+        dict[ServiceName, Literal["started", "healthy", "completed"]], BeforeValidator(_depends_on)
+    ] = Field(default_factory=dict)
     health: Health | None = None
     restart: RestartPolicy = RestartPolicy()
+    # runs to completion once per generation (compose's "loader"): dependents wait for `completed`
+    oneshot: Annotated[bool, Field(strict=True)] = False
 
 
 def _no_null_decl(value: Any) -> Any:

@@ -22,6 +22,7 @@ def errors(profile: Profile) -> Iterator[Finding]:
     yield from _references(profile)
     yield from _published_ports(profile)[1]
     yield from _cycles(profile)
+    yield from _oneshots(profile)
     yield from _gpu_budget_owners(profile)
     if isinstance(profile.gpu.memory, int):
         yield from gpu_budgets(profile, profile.gpu.memory, "gpu.memory")
@@ -120,9 +121,43 @@ def _references(profile: Profile) -> Iterator[Finding]:
                 yield Finding(where, "a service cannot depend on itself")
             elif dep not in profile.services:
                 yield Finding(where, f"no service {dep!r} (services: {_names(profile.services)})")
+            elif profile.services[dep].oneshot or condition == "completed":
+                continue  # _oneshots says what is wrong with these
             elif condition == "healthy" and profile.services[dep].health is None:
                 yield Finding(
                     where, f"{dep!r} has no health probe, so it can never be `healthy` (use `started`)"
+                )
+
+
+def _oneshots(profile: Profile) -> Iterator[Finding]:
+    """A one-shot runs to completion once per generation: no probe, no restarts, and what depends
+    on it waits for `completed`, which only a one-shot can reach."""
+    for name, svc in profile.services.items():
+        if svc.oneshot and svc.health is not None:
+            yield Finding(
+                ("services", name, "health"),
+                "a one-shot has no health probe: it is done when it exits 0 (remove `health`)",
+            )
+        if svc.oneshot and "restart" in svc.model_fields_set:
+            yield Finding(
+                ("services", name, "restart"),
+                "a one-shot is never restarted: it runs once per generation and its failure fails the"
+                " apply (remove `restart`)",
+            )
+        for dep, condition in svc.depends_on.items():
+            other = profile.services.get(dep)
+            if other is None or dep == name:
+                continue
+            where = ("services", name, "depends_on", dep)
+            if other.oneshot and condition != "completed":
+                yield Finding(
+                    where, f"{dep!r} is a one-shot: depend on it with `completed`, not `{condition}`"
+                )
+            elif condition == "completed" and not other.oneshot:
+                yield Finding(
+                    where,
+                    f"{dep!r} keeps running, so it never `completed` (use `started` or `healthy`, or give"
+                    f" {dep!r} `oneshot: true`)",
                 )
 
 

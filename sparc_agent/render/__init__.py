@@ -131,6 +131,8 @@ def render(profile: Profile, target: Target) -> dict[str, str]:
         pod_name=names.pod,
         ports=ports,
         labels=labels,
+        # podman stops a pod whose last container exited: a one-shot that runs alone would take it down
+        exit_policy="continue" if any(s.oneshot for s in profile.services.values()) else None,
     )
     if target.has(".pod"):
         files[names.pod_quadlet] = _template(
@@ -281,11 +283,16 @@ def _container(
         target_unit=names.target,
         pod_units=pod_units,
         requires=[
-            names.volume_unit(m.source)
-            for m in svc.volumes
-            if m.is_named_volume and m.source in volumes.units
+            *(
+                names.volume_unit(m.source)
+                for m in svc.volumes
+                if m.is_named_volume and m.source in volumes.units
+            ),
+            # a one-shot that failed stops its dependents from starting, whoever starts them
+            *(names.service_unit(dep) for dep, cond in svc.depends_on.items() if cond == "completed"),
         ],
-        dependencies=[names.service_unit(dep) for dep in svc.depends_on],
+        dependencies=[names.service_unit(dep) for dep, cond in svc.depends_on.items() if cond != "completed"],
+        oneshot=svc.oneshot,
         start_limit_interval=seconds(policy.window),
         # the first start plus max_restarts restarts may happen within the window; one more is a crash loop
         start_limit_burst=policy.max_restarts + 1,

@@ -25,7 +25,8 @@ class ServicePlan:
     max_restarts: int = 5
     window: float = 600.0
     stop_grace: float = 0.0  # an unhealthy service gets SIGKILL when its stop takes longer than this
-    depends_on: dict[str, str] = field(default_factory=dict)  # service -> started | healthy
+    depends_on: dict[str, str] = field(default_factory=dict)  # service -> started | healthy | completed
+    oneshot: bool = False  # runs once per generation (apply runs it): policy "no", no probe
     gpu: bool = False  # has `gpus`: its GPU memory is measured (metrics)
     gpu_memory_budget: int | None = None  # resources.gpu_memory, bytes
     # probes that run apart and feed verdicts in (source = kind): [{"kind": "webrtc", ...spec fields}]
@@ -56,5 +57,5 @@ class StackPlan:
         return cls(data["stack"], int(data["generation"]), tuple(ServicePlan(**s) for s in data["services"]))
 
     def dependents(self, name: str) -> list[str]:
-        """Services that depend on `name` being healthy."""
-        return [s.name for s in self.services if s.depends_on.get(name) == "healthy"]
+        """Services that depend on `name` being healthy (a one-shot is never run again for that)."""
+        return [s.name for s in self.services if s.depends_on.get(name) == "healthy" and not s.oneshot]
