@@ -5,6 +5,10 @@ Loaded from tests/conftest.py (``pytest_plugins``). The recipe is /work/shared/t
 target machines (RHEL 9) run podman 5.x: running the same e2e tests in this root proves the podman >= 5
 rendering path (``.pod`` + ``StartWithPod=false``, ``.volume``, no id-file shims, systemd >= 254 keys).
 
+Everything inside runs in the root's own mount namespace (``nsenter --mount=NAMESPACE``), where the root
+is ``/`` by pivot_root, not by chroot: under a chroot, `podman exec` (the exec probe, podman's health
+checks) entered a container's namespaces but the host's root directory (see _make_namespace).
+
 Fixtures
     trixie_root     (session) the root, built if needed and mounted; shared with concurrent sessions
                     (refcounted under /run/sparc-testhost), unmounted by the last session that leaves
