@@ -13,12 +13,22 @@ import os
 import signal
 import subprocess
 import time
+from collections import Counter
 from pathlib import Path
 from typing import Any
 
 import pytest
-from stackfiles import sparc, write_profile
-from test_agent_e2e import FAST_RESTART, AgentProc, agent, agent_state, all_healthy, applied
+from stackfiles import sparc, unit_props, write_profile
+from test_agent_e2e import (
+    FAST_RESTART,
+    AgentProc,
+    agent,
+    agent_state,
+    all_healthy,
+    applied,
+    unit,
+    wait_states,
+)
 from testhost import UserManager, podman, wait_for
 
 pytestmark = [pytest.mark.e2e, pytest.mark.slow]
@@ -93,4 +103,56 @@ def test_an_action_in_flight_outlives_the_session_that_ends_under_it(
         print(
             f"fault action-cancelled-by-session-end: detection {detected:.2f} s, recovery {recovered:.2f} s"
             " (8 s stop grace)"
+        )
+
+
+def crasher(image: str, marks: Path) -> dict[str, Any]:
+    """A service that crashes a second after each start and leaves one line per start in marks/starts:
+    the count of real starts, whoever made them."""
+    return {
+        "image": image,
+        "command": ["sh", "-c", "echo start >> /marks/starts; sleep 1; exit 3"],
+        "volumes": [f"{marks}:/marks"],
+        "restart": FAST_RESTART,
+    }
+
+
+def starts(marks: Path) -> int:
+    try:
+        return len((marks / "starts").read_text().splitlines())
+    except OSError:
+        return 0
+
+
+def test_crash_loop_restarts_before_the_agent_looked_count_toward_exactly_max_restarts(
+    user_manager: UserManager, standin_images: dict[str, str], tmp_path: Path
+) -> None:
+    """Issue 12 item 2: systemd restarts the crasher before the agent runs; with the agent the service is
+    started exactly 1 + max_restarts times in all, then FATAL, and systemd's counters are left alone."""
+    mgr = user_manager
+    marks = tmp_path / "marks"
+    marks.mkdir()
+    applied(mgr, tmp_path, crasher=crasher(standin_images["bb"], marks))
+    t0 = time.monotonic()
+    wait_for(lambda: starts(marks) >= 2, 30, 0.05, "a restart by systemd before the agent runs")
+    before_agent = starts(marks)
+    with agent(mgr, "--no-apply") as a:
+        wait_states(mgr, lambda s: s.get("crasher") == "FATAL", 60, "crasher FATAL")
+        fatal_after = time.monotonic() - t0
+        time.sleep(4)  # nothing starts it again: not the agent, not systemd
+        limit = FAST_RESTART["max_restarts"]
+        svc = agent_state(mgr)["services"]["crasher"]
+        assert starts(marks) == 1 + limit, (starts(marks), a.log())
+        assert svc["restarts_total"] == limit and svc["restarts"] == limit, svc
+        # the agent knew its budget was spent (it counted systemd's restarts before it looked): it did
+        # not have to learn it from systemd refusing a start (StartLimitBurst)
+        assert svc["fatal_reason"].startswith(f"{limit} restarts within"), svc
+        by = Counter(e["by"] for e in a.find(event="restart", service="crasher"))
+        props = unit_props(mgr, unit(mgr, "crasher"))
+        assert props["ActiveState"] in ("failed", "inactive"), props  # stopped for good
+        print(
+            f"fault crash-loop: {starts(marks)} starts in all ({before_agent} before the agent ran) with"
+            f" max_restarts {limit}; agent counted {svc['restarts_total']} ({dict(by)});"
+            f" FATAL {fatal_after:.2f} s after the apply; NRestarts {props['NRestarts']};"
+            f" reason: {svc['fatal_reason']}"
         )

@@ -17,6 +17,8 @@ from stackfiles import status, unit_props
 from test_agent_e2e import agent, agent_state, all_healthy, applied, states, unit, wait_states
 from testhost import UserManager, restart_manager, wait_for
 
+from sparc_agent.agent.runner import MANAGER_RESTARTED
+
 pytestmark = [pytest.mark.e2e, pytest.mark.slow]
 
 SERVICES = ("riva", "mas", "signaling", "turn", "unity")
@@ -51,6 +53,7 @@ def test_agent_restarts_the_stack_after_the_user_manager_restarted(
 
         wait_for(lambda: len(a.find(event="bus", reason="connected")) >= 2, 30, what="reconnected")
         assert any(str(e.get("reason", "")).startswith("disconnected") for e in a.find(event="bus")), a.log()
+        assert a.find(event="bus", reason=MANAGER_RESTARTED), a.log()  # it says which one went
         wait_for(
             lambda: healthy_since(mgr, back_wall), BACK_WITHIN_S, 0.1, "all HEALTHY after the manager restart"
         )

@@ -592,3 +592,71 @@ def test_a_oneshot_is_completed_never_probed_never_restarted() -> None:
     assert f.due(50.0) is None and f.restarts_total == 0
     f.on_unit(UnitView("active", "exited", "success", 0, 0, "c"), 60.0)  # run again by hand: done
     assert f.state is State.COMPLETED
+
+
+# ---------------------------------------------------------------- the budget counts every restart, by whoever
+
+
+def test_restarts_systemd_made_before_the_agent_looked_count() -> None:
+    m = ServiceMachine(plan(max_restarts=3), 0.0, rng=lambda: 0.0)
+    m.adopt_running(running(n=2), 0.0)  # first agent for this generation: two restarts it never saw
+    assert m.restarts_in_window(0.0) == 2 and m.restarts_total == 2
+    assert [e["by"] for e in m.drain() if e["event"] == "restart"] == ["systemd"]
+
+
+def test_an_agent_restarted_counts_only_what_the_last_one_did_not() -> None:
+    m = ServiceMachine(plan(max_restarts=3), 10.0, rng=lambda: 0.0)
+    m.adopt([4.0, 6.0], n_restarts_seen=2)  # recorded by the agent before: both systemd's
+    m.adopt_running(running(n=3), 10.0)  # one more while no agent ran
+    assert m.restarts_in_window(10.0) == 3
+
+
+def test_a_state_file_of_an_older_agent_is_not_counted_twice() -> None:
+    m = ServiceMachine(plan(max_restarts=3), 10.0, rng=lambda: 0.0)
+    m.adopt([4.0, 6.0], n_restarts_seen=None)  # no record of NRestarts: take the unit's as counted
+    m.adopt_running(running(n=2), 10.0)
+    assert m.restarts_in_window(10.0) == 2
+
+
+def test_a_crash_loop_that_systemd_restarts_goes_fatal_at_exactly_max_restarts() -> None:
+    m = healthy_machine(plan(probe=None, max_restarts=3, backoff_initial=1.0, backoff_max=1.0))
+    t = 10.0
+    for n in range(1, 10):  # RestartSec equals every backoff: systemd restarts, the agent only counts
+        m.on_unit(failed(n=n - 1, inv=str(n)), t)
+        m.on_unit(auto_restart(n=n - 1, inv=str(n)), t)
+        if m.state is State.FATAL:
+            break
+        m.on_unit(running(inv=str(n + 100), n=n), t + 1.0)  # NRestarts ticks with the restart
+        assert m.due(t + 1.0) is None
+        t += 2.0
+    assert m.state is State.FATAL and m.restarts_total == 3
+    stop = m.due(t)
+    assert stop is not None and stop.act is Act.STOP  # and systemd's 4th is cancelled
+
+
+def test_a_new_generation_keeps_the_budget_unless_fatal() -> None:
+    m = healthy_machine(plan(max_restarts=3))
+    m.on_unit(failed(), 1.0)
+    m.on_unit(auto_restart(), 1.0)
+    m.on_unit(running("b", n=1), 2.0)
+    m.on_new_generation(3.0)
+    assert m.restarts_in_window(3.0) == 1  # restarts during or before an apply still count
+    f = healthy_machine(plan(max_restarts=0))
+    f.on_unit(failed(result="exit-code"), 1.0)
+    assert f.state is State.FATAL
+    f.on_new_generation(2.0)
+    assert f.state is State.STOPPED and f.restarts_in_window(2.0) == 0  # the apply started it afresh
+
+
+def test_a_reconnect_says_which_one_went() -> None:
+    from sparc_agent.agent.runner import (
+        BUS_RESTARTED,
+        CONNECTION_DROPPED,
+        MANAGER_RESTARTED,
+        _which_went,
+    )
+
+    assert _which_went((1, "bus-a"), (2, "bus-b")) == MANAGER_RESTARTED
+    assert _which_went((1, "bus-a"), (1, "bus-b")) == BUS_RESTARTED
+    assert _which_went((1, "bus-a"), (1, "bus-a")) == CONNECTION_DROPPED
+    assert "user manager" not in BUS_RESTARTED.split(";")[0]

@@ -63,6 +63,26 @@ RECONNECT_MAX_S: Final = 5.0
 STATE_WRITE_MIN_S: Final = 0.2  # coalesce state-file writes
 HEARTBEAT_S: Final = 10.0  # rewrite the state file this often even without changes (fresh `updated`)
 
+# the user bus (dbus-broker.service is an alias of it where it is the bus)
+BUS_UNIT: Final = "dbus.service"
+DISCONNECTED: Final = (
+    "disconnected: the connection to the user bus dropped (the D-Bus daemon or the user manager went away;"
+    " which one is told on reconnect)"
+)
+MANAGER_RESTARTED: Final = (
+    "the user manager was restarted (its units stopped with it): starting the services that ran"
+)
+BUS_RESTARTED: Final = "the D-Bus daemon was restarted; the user manager and its units kept running"
+CONNECTION_DROPPED: Final = "the bus connection dropped; the D-Bus daemon and the user manager kept running"
+
+
+def _which_went(before: tuple[int, str], now: tuple[int, str]) -> str:
+    """What a reconnect found: (manager instance, bus daemon invocation) before and now."""
+    if before[0] != now[0]:
+        return MANAGER_RESTARTED
+    return BUS_RESTARTED if before[1] != now[1] else CONNECTION_DROPPED
+
+
 # an observer of the machines: (stack, event); see supervisor.Event for the events and their fields
 Listener = Callable[[str, Event], None]
 
@@ -167,22 +187,23 @@ class StackRunner:
     def carry_over(self, old: StackRunner | None, systemd_grows_delay: bool) -> None:
         """Machines for this plan: kept from `old` where the service's plan is unchanged."""
         now = mono()
-        previous = self._previous_restart_times(now) if old is None else {}
+        previous = self._previous_budgets(now) if old is None else {}
         for svc in self.plan.services:
             kept = old.machines.get(svc.name) if old is not None else None
             if kept is not None and kept.plan == svc:
                 if old is not None and old.plan.generation != self.plan.generation:
-                    kept.clear_fatal(now)  # FATAL lasts until the next apply
+                    kept.on_new_generation(now)  # FATAL lasts until the next apply
                 self.machines[svc.name] = kept
             else:
                 m = ServiceMachine(svc, now, systemd_grows_delay=systemd_grows_delay)
-                m.adopt(previous.get(svc.name, ()))
+                m.adopt(*previous.get(svc.name, ((), 0)))
                 self.machines[svc.name] = m
             self.pokes[svc.name] = asyncio.Event()
         self.adopted = old is not None and old.adopted
 
-    def _previous_restart_times(self, now: float) -> dict[str, list[float]]:
-        """Restart times an earlier agent recorded for this generation: a restarted agent keeps the budget."""
+    def _previous_budgets(self, now: float) -> dict[str, tuple[list[float], int | None]]:
+        """What an earlier agent recorded for this generation, per service: restart times and systemd's
+        restarts among them (NRestarts seen). A restarted agent keeps the budget and counts only the rest."""
         try:
             data = json.loads(StackPaths(self.root).agent_state.read_text())
         except (OSError, ValueError):
@@ -190,9 +211,11 @@ class StackRunner:
         if data.get("generation") != self.plan.generation:
             return {}
         wall = time.time()
-        out: dict[str, list[float]] = {}
+        out: dict[str, tuple[list[float], int | None]] = {}
         for name, svc in data.get("services", {}).items():
-            out[name] = [now - (wall - t) for t in svc.get("restart_times", []) if isinstance(t, int | float)]
+            times = [now - (wall - t) for t in svc.get("restart_times", []) if isinstance(t, int | float)]
+            seen = svc.get("n_restarts_seen")  # absent in the files of agents before it was recorded
+            out[name] = (times, seen if isinstance(seen, int) else None)
         return out
 
     async def run(self, mgr: UserManager) -> None:
@@ -440,7 +463,8 @@ class Agent:
         self._reload = asyncio.Event()
         self._pending_adoption: set[str] = set()
         self._grows_delay = False
-        self._instance: int | None = None  # the user manager we last talked to (UserManager.instance)
+        # the user manager and the bus daemon we last talked to: (UserManager.instance, dbus InvocationID)
+        self._instance: tuple[int, str] | None = None
         # called with (stack, event) for every event of every machine (agent.metrics registers here)
         self.listeners: list[Listener] = []
         self.actions: set[asyncio.Task[None]] = set()  # actions in flight (each outlives its session)
@@ -554,8 +578,9 @@ class Agent:
             try:
                 async with mgr:
                     await self._connected(mgr)
-            except (ManagerDisconnected, NoUserManager) as exc:
-                self.log.warning("bus", reason=f"disconnected: {exc}")
+            except (ManagerDisconnected, NoUserManager):
+                # which one went (the bus daemon, or the manager with it) is told on reconnect
+                self.log.warning("bus", reason=DISCONNECTED, address=mgr.address)
             self.connected = False
             for runner in self.runners.values():
                 self.dirty(runner)
@@ -584,21 +609,30 @@ class Agent:
 
     async def _new_instance(self, mgr: UserManager) -> bool:
         """Is `mgr` another manager than the one before the disconnect (not just the same one on a new bus)?
+        Says which one went away: the user manager, the D-Bus daemon only, or neither (a dropped connection).
 
         A restarted manager stopped every unit, usually without a word to us (the bus daemon is one of its
         units and goes first), and starts none of them: the machines must not take that for "stopped by
         someone" (STOPPED, never restarted), or the stack would stay down."""
         try:
-            instance = await mgr.instance()
+            manager = await mgr.instance()
         except ManagerDisconnected:
             raise
         except SparcError:
             return False
+        try:
+            bus = (await mgr.unit_state(BUS_UNIT)).invocation_id
+        except ManagerDisconnected:
+            raise
+        except SparcError:
+            bus = ""  # a bus that is not one of the manager's units: only the manager is told apart
+        instance = (manager, bus)
         previous, self._instance = self._instance, instance
-        if previous is None or previous == instance:
+        if previous is None:
             return False
-        self.log.warning("bus", reason="the user manager was restarted: starting the services that ran")
-        return True
+        went = _which_went(previous, instance)
+        self.log.warning("bus", reason=went)
+        return went == MANAGER_RESTARTED
 
     async def _wait_stop(self, seconds: float) -> bool:
         with contextlib.suppress(TimeoutError):
@@ -641,7 +675,7 @@ class Agent:
             for f in (stop, reload, gone):
                 f.cancel()
         if gone.done() and not gone.cancelled():
-            raise ManagerDisconnected("the user manager went away")
+            raise ManagerDisconnected("the bus connection dropped")
         raise _Restart
 
     async def _reconcile(self) -> None:

@@ -205,7 +205,9 @@ class ServiceMachine:
         self._recovered = False  # HEALTHY after a restart: `healthy` dependents are due one
         self._restarted = False  # a restart happened since the last HEALTHY
         self._failing: dict[str, ProbeView] = {}  # other probe sources whose last verdict failed
-        self._n_restarts_seen: int | None = None
+        # systemd's NRestarts already counted; 0 at first: restarts systemd made before we looked count too
+        # (-1: unknown, the first value seen is taken as counted)
+        self._n_restarts_seen = 0
         self._fatal_invocation = ""
         self.backoff_delay = 0.0  # the delay of the current BACKOFF
         self._episode_counted = False  # systemd's NRestarts already counted this episode's restart
@@ -274,11 +276,14 @@ class ServiceMachine:
 
     # ------------------------------------------------------------ inputs
 
-    def adopt(self, restart_times: Iterable[float] = ()) -> None:
-        """Carry over restart times (monotonic, this process) recorded by an agent that ran before."""
+    def adopt(self, restart_times: Iterable[float] = (), n_restarts_seen: int | None = 0) -> None:
+        """Carry over what an agent that ran before recorded for this generation: the restart times
+        (monotonic, this process) and how many of systemd's restarts (NRestarts) they include (None:
+        not recorded, by an older agent: take what the unit shows when first seen as counted)."""
         for t in sorted(restart_times):
             self.restarts.append(t)
         self.attempt = len(self.restarts)
+        self._n_restarts_seen = -1 if n_restarts_seen is None else n_restarts_seen
 
     def on_manager_restart(self, now: float) -> None:
         """The user manager was replaced while we were away (`systemctl --user exit`, logout and login):
@@ -286,7 +291,7 @@ class ServiceMachine:
         that was meant to run (not STOPPED, not FATAL) is owed a start; not a crash, so not counted.
         The next `on_unit` (a fresh snapshot from the new manager) decides."""
         self.unit = None  # the old manager's view, NRestarts and InvocationID mean nothing any more
-        self._n_restarts_seen = None
+        self._n_restarts_seen = 0
         self._inflight = None
         self._holding = self._unconfirmed = False
         self._dependency = None
@@ -307,15 +312,16 @@ class ServiceMachine:
     def on_unit(self, unit: UnitView, now: float) -> None:
         prev = self.unit
         self.unit = unit
-        seen = self._n_restarts_seen
+        seen = self._n_restarts_seen if self._n_restarts_seen >= 0 else unit.n_restarts
         self._n_restarts_seen = unit.n_restarts
-        systemd_restarted = seen is not None and unit.n_restarts > seen
+        # NRestarts only grows, until a start that is not systemd's own or a ResetFailed zeroes it
+        systemd_restarted = unit.n_restarts > seen
         if self.state is State.FATAL:
             self._on_unit_while_fatal(unit, systemd_restarted, now)
         else:
             self._on_unit_state(unit, prev, now)
         # counted after the state change: NRestarts ticks on entering auto-restart, in one episode
-        if systemd_restarted and seen is not None:
+        if systemd_restarted:
             self._count_systemd_restarts(unit.n_restarts - seen, unit, prev, now)
 
     def _count_systemd_restarts(self, n: int, unit: UnitView, prev: UnitView | None, now: float) -> None:
@@ -439,15 +445,17 @@ class ServiceMachine:
         self.next_probe_at = now + self.plan.interval if self.has_probe else None
 
     def adopt_running(self, unit: UnitView, now: float) -> None:
-        """The agent just started: take the unit as it is (never restart what runs)."""
+        """The agent just started: take the unit as it is (never restart what runs). Restarts systemd
+        made before (NRestarts beyond what an earlier agent recorded) count toward the budget."""
+        if unit.active_state != "active":
+            self.on_unit(unit, now)  # judged as a change: failed, restarting, stopped
+            return
         self.unit = unit
+        self._enter_starting(now, "adopted")
+        seen = self._n_restarts_seen if self._n_restarts_seen >= 0 else unit.n_restarts
         self._n_restarts_seen = unit.n_restarts
-        if unit.active_state == "active":
-            self._enter_starting(now, "adopted")
-        else:
-            self.unit = None  # let on_unit judge a failed or stopped unit as a change
-            self._n_restarts_seen = unit.n_restarts
-            self.on_unit(unit, now)
+        if unit.n_restarts > seen:
+            self._count_systemd_restarts(unit.n_restarts - seen, unit, None, now)
 
     def probe_due(self, now: float) -> bool:
         return (
@@ -642,14 +650,16 @@ class ServiceMachine:
         else:
             self._enter_backoff(now, f"restart failed: {detail}")
 
-    def clear_fatal(self, now: float) -> None:
-        """A new generation: forget the budget; the next unit change decides the state."""
+    def on_new_generation(self, now: float) -> None:
+        """Its plan is unchanged in a new generation: a FATAL service was started again by the apply (a
+        ResetFailed, systemd's budget cleared too), so it gets a fresh budget; any other keeps counting."""
+        if self.state is not State.FATAL:
+            return
         self.restarts.clear()
         self.attempt = 0
         self.backoff_until = None
         self._holding = False
-        if self.state is State.FATAL:
-            self._to(State.STOPPED, now, "FATAL cleared by a new generation")
+        self._to(State.STOPPED, now, "FATAL cleared by a new generation")
 
     def _reset_if_healthy_long(self, now: float) -> None:
         if (
@@ -697,6 +707,7 @@ class ServiceMachine:
             "restarts": self.restarts_in_window(now),
             "restarts_total": self.restarts_total,
             "restart_times": [epoch(t) for t in self.restarts],
+            "n_restarts_seen": self._n_restarts_seen,
             "attempt": self.attempt,
             "backoff_until": epoch(self.backoff_until),
             "fatal_reason": self.reason if self.state is State.FATAL else None,
