@@ -83,3 +83,25 @@ def test_status_round_trips(v0_stack: Store) -> None:
         "mas",
         "probe failing",
     )
+
+
+def test_inputs_count_from_the_reload_that_loaded_them(tmp_path: Path) -> None:
+    from sparc_agent.state.inputs import Inputs
+
+    path = tmp_path / "inputs.json"
+    first = Inputs.read(path)
+    assert not first.kept and first.mismatched({"a": "1"}) == []  # no record: trusted, as before
+    first.put("key", "f1", None)
+    first.write(path)
+    assert not Inputs.read(path).kept  # a secret's record does not make the files' one
+    upgraded = Inputs.read(path)
+    upgraded.loaded({"a": "1", "b": "2"}, None)  # no reload: what runs predates the record
+    upgraded.write(path)
+    again = Inputs.read(path)
+    assert again.kept and again.since({"files": ["a", "b"], "secrets": ["key"]}) == 0
+    assert again.mismatched({"a": "1", "b": "3"}) == ["b"]  # written by a killed apply, never loaded
+    again.loaded({"a": "1", "b": "3"}, 500)
+    again.put("key", "f2", 700)
+    assert again.since({"files": ["a"]}) == 0 and again.since({"files": ["b"]}) == 500
+    assert again.since({"files": ["a"], "secrets": ["key"]}) == 700
+    assert stat.S_IMODE(path.stat().st_mode) == 0o600

@@ -695,6 +695,7 @@ class Agent:
                     if not busy:
                         runner.resume()
             changed = [p for p in found if p not in known or current_target(p) != known[p]]
+            changed += [p for p in known if p not in found]  # `down --purge` removed it
             if changed and not any(apply_running(p) for p in changed):
                 raise _Restart
 
@@ -741,6 +742,8 @@ class Agent:
         self._dirty_event.set()
 
     def _write_state(self, runner: StackRunner) -> None:
+        if not runner.root.is_dir():
+            return  # purged (`down --purge`): do not bring its directory back
         try:
             state = json.dumps(runner.state_document(), indent=1).encode()
             write_atomic(StackPaths(runner.root).agent_state, state, mode=PRIVATE_FILE_MODE)

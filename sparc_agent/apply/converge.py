@@ -12,9 +12,10 @@ from pathlib import Path
 from typing import TextIO
 
 from sparc_agent.apply import timeline
-from sparc_agent.apply.plan import file_changes, pod_changed, services_to_restart
+from sparc_agent.apply.plan import file_changes
+from sparc_agent.apply.runs import load, pod_stale, stale_services
 from sparc_agent.apply.start import ServiceOutcome, StartStep
-from sparc_agent.apply.write import reload, stop_removed, write
+from sparc_agent.apply.write import stop_removed, write
 from sparc_agent.host.systemd import UserManager
 from sparc_agent.profile.model import Profile
 from sparc_agent.profile.rules import start_order
@@ -41,24 +42,23 @@ async def converge(
     store: Store,
     profile: Profile,
     files: dict[str, str],
-    secrets_changed: set[str],
     log: TextIO,
 ) -> ConvergeResult:
     names = Names(profile.name)
     changes = file_changes(config_home, profile.name, files)
     result = ConvergeResult(files_written=len(changes.writes), files_removed=len(changes.removes))
-    restart = services_to_restart(profile, changes, secrets_changed)
     await stop_removed(mgr, changes, log)
     if not changes.empty:
         write(config_home, store.journal, changes)
         timeline.mark(f"{len(changes.writes)} files written, {len(changes.removes)} removed")
-        await reload(mgr, changes)
+    result.reloaded, inputs = await load(mgr, store.paths, profile, files, changes)
+    if result.reloaded:
         timeline.mark("reloaded")
-        result.reloaded = True
-    if pod_changed(profile, changes):
+    if await pod_stale(mgr, profile, inputs):
         # new ports need a new pod; its containers are BindsTo= it and stop with it, then start below
         print(f"recreating {names.pod_unit} (the pod changed)", file=log, flush=True)
         await mgr.stop(names.pod_unit)
+    restart = await stale_services(mgr, profile, inputs)
     result.services = await StartStep(mgr, profile, restart, log).run()
     for name in start_order(profile):
         outcome = result.services[name]

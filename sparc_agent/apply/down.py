@@ -1,22 +1,68 @@
-"""`sparc-agent down NAME [--purge]`: stop an applied stack; with --purge remove its files and secrets."""
+"""`sparc-agent down NAME [--purge]`: stop an applied stack; with --purge remove its files, secrets
+and state (generations, records), so nothing, the agent included, knows the stack any more.
+
+--purge removes only files that still carry this stack's sparc-agent header: a file someone
+replaced by hand since is left where it is, and said so.
+"""
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import shutil
+import sys
+from pathlib import Path
+from typing import TextIO
 
+from sparc_agent.apply.lock import apply_lock
 from sparc_agent.apply.status import current_generation
 from sparc_agent.errors import SparcError
 from sparc_agent.host import podman
 from sparc_agent.host.systemd import UserManager
-from sparc_agent.render import Names, unit_of
+from sparc_agent.profile.model import Profile
+from sparc_agent.render import Names, owner, unit_of
 from sparc_agent.state import commit
+from sparc_agent.state.generations import Store
 from sparc_agent.state.paths import Paths
 
 
-async def _down(stack: str, purge: bool) -> list[str]:
-    store, generation, profile = current_generation(stack)
-    paths = Paths.from_env()
+def ours_and_foreign(config_home: Path, stack: str, files: list[str]) -> tuple[list[str], list[str]]:
+    """Of a generation's files, those still ours on disk, and those replaced by someone else."""
+    ours: list[str] = []
+    foreign: list[str] = []
+    for rel in files:
+        try:
+            text = (config_home / rel).read_text(errors="replace")
+        except FileNotFoundError:
+            continue
+        (ours if owner(text) == stack else foreign).append(rel)
+    return ours, foreign
+
+
+async def purge(mgr: UserManager, config_home: Path, store: Store, profile: Profile, log: TextIO) -> None:
+    """Remove the stack's files (ours only), podman secrets and state directory."""
+    names = Names(profile.name)
+    with apply_lock(store.lock_path, True, log):
+        commit.recover(store.journal, config_home)
+        files = sorted({rel for gen in store.all() for rel in gen.meta.files})
+        ours, foreign = ours_and_foreign(config_home, profile.name, files)
+        for rel in foreign:
+            print(
+                f"kept {config_home / rel}: it is no longer sparc-agent's (no header of {profile.name})",
+                file=log,
+            )
+        commit.commit(config_home, {}, ours, store.journal)
+        await mgr.reload()
+        for rel in ours:
+            with contextlib.suppress(SparcError):
+                await mgr.reset_failed(unit_of(rel))
+        for secret in profile.secrets:
+            podman.remove_secret(names.secret(secret))
+        shutil.rmtree(store.root)  # the agent drops a stack whose state is gone
+
+
+async def _down(stack: str, purge_too: bool, log: TextIO) -> list[str]:
+    store, _, profile = current_generation(stack)
     names = Names(profile.name)
     stopped: list[str] = []
     async with await UserManager.connect() as mgr:
@@ -29,18 +75,10 @@ async def _down(stack: str, purge: bool) -> list[str]:
             with contextlib.suppress(SparcError):
                 await mgr.stop(unit)
                 stopped.append(unit)
-        if purge:
-            commit.recover(store.journal, paths.config_home)
-            files = list(generation.files)
-            commit.commit(paths.config_home, {}, files, store.journal)
-            await mgr.reload()
-            for rel in files:
-                with contextlib.suppress(SparcError):
-                    await mgr.reset_failed(unit_of(rel))
-            for secret in profile.secrets:
-                podman.remove_secret(names.secret(secret))
+        if purge_too:
+            await purge(mgr, Paths.from_env().config_home, store, profile, log)
     return stopped
 
 
-def down(stack: str, purge: bool = False) -> list[str]:
-    return asyncio.run(_down(stack, purge))
+def down(stack: str, purge: bool = False, log: TextIO = sys.stderr) -> list[str]:
+    return asyncio.run(_down(stack, purge, log))

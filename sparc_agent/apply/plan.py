@@ -1,4 +1,4 @@
-"""Step 1, plan: which files change and which running services must restart for them.
+"""Step 1, plan: which files change (which services run an older generation: apply.runs).
 
 Reads the disk, changes nothing.
 """
@@ -10,8 +10,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from sparc_agent.errors import EnvironmentProblem
-from sparc_agent.profile.model import Profile
-from sparc_agent.render import QUADLET_DIR, UNIT_DIR, Names, owner
+from sparc_agent.render import QUADLET_DIR, UNIT_DIR, owner
 
 
 class ForeignFile(EnvironmentProblem):
@@ -68,27 +67,3 @@ def unified_diff(config_home: Path, changes: FileChanges) -> str:
         old = (config_home / rel).read_text()
         out += difflib.unified_diff(old.splitlines(keepends=True), [], f"a/{rel}", "/dev/null")
     return "".join(out)
-
-
-def pod_changed(profile: Profile, changes: FileChanges) -> bool:
-    names = Names(profile.name)
-    return bool({names.pod_quadlet, names.pod_unit_file} & changes.existed)
-
-
-def services_to_restart(profile: Profile, changes: FileChanges, secrets_changed: set[str]) -> set[str]:
-    """Running services whose files (container, named volumes) or secrets changed; all of them when
-    the pod changed (a new pod means new containers)."""
-    if pod_changed(profile, changes):
-        return set(profile.services)
-    names = Names(profile.name)
-    restart = set()
-    for name, svc in profile.services.items():
-        container_file = names.container_file(name)
-        volume_files = {names.volume_file(m.source) for m in svc.volumes if m.is_named_volume}
-        if (
-            container_file in changes.existed
-            or volume_files & changes.existed
-            or set(svc.secrets.values()) & secrets_changed
-        ):
-            restart.add(name)
-    return restart

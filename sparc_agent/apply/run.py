@@ -19,7 +19,7 @@ from sparc_agent.apply.converge import ConvergeResult, converge
 from sparc_agent.apply.fastpath import render_key
 from sparc_agent.apply.lock import apply_lock
 from sparc_agent.apply.plan import file_changes, unified_diff
-from sparc_agent.apply.rollback import rollback
+from sparc_agent.apply.rollback import rollback, withdraw
 from sparc_agent.apply.secrets import SecretUpdates, absent_secrets, put_secrets, secret_updates
 from sparc_agent.errors import SparcError
 from sparc_agent.host import podman
@@ -56,6 +56,7 @@ class ApplyReport:
     diff: str
     result: ConvergeResult | None = None
     rolled_back_to: int | None = None
+    withdrawn: bool = False  # a first generation that failed: stopped, its files removed, none current
     pulled: list[str] = field(default_factory=list)
     seconds: float = 0.0
 
@@ -171,11 +172,11 @@ async def apply_async(loaded: LoadedProfile, options: ApplyOptions, log: TextIO)
             await podman.pull(host.missing_images, log)
             report.pulled = host.missing_images
             secrets = secret_updates(profile, store.paths, store.current(), host.absent_secrets)
-            put_secrets(profile, secrets)
+            put_secrets(profile, secrets, store.paths)
             draft = draft_meta(loaded, host.target, secrets, options.input_key)
             generation = record(store, loaded, files, draft)
             timeline.mark("images, secrets and generation in place")
-            result = await converge(mgr, paths.config_home, store, profile, files, set(secrets.values), log)
+            result = await converge(mgr, paths.config_home, store, profile, files, log)
             report.generation, report.result = generation.number, result
             store.set_current(generation)
             if result.failed is None:
@@ -184,5 +185,8 @@ async def apply_async(loaded: LoadedProfile, options: ApplyOptions, log: TextIO)
                 failed = store.set_status(generation, Status.FAILED, result.failed, result.reason)
                 back = await rollback(mgr, paths.config_home, store, failed, log)
                 report.rolled_back_to = back.number if back else None
+                if back is None and not any(g.meta.status is Status.HEALTHY for g in store.all()):
+                    await withdraw(mgr, paths.config_home, store, profile, log)
+                    report.withdrawn = True
     report.seconds = time.monotonic() - t0
     return report

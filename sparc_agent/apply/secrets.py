@@ -10,6 +10,7 @@ from sparc_agent.profile.model import Profile
 from sparc_agent.render import Names
 from sparc_agent.state.files import read_or_create
 from sparc_agent.state.generations import Generation, ensure_private_dir
+from sparc_agent.state.inputs import Inputs, now_us
 from sparc_agent.state.paths import PRIVATE_FILE_MODE, StackPaths
 
 
@@ -48,7 +49,15 @@ def secret_updates(
     return SecretUpdates(fingerprints, changed, absent)
 
 
-def put_secrets(profile: Profile, updates: SecretUpdates) -> None:
+def put_secrets(profile: Profile, updates: SecretUpdates, paths: StackPaths) -> None:
+    """Replace the changed secrets, and record when (state.inputs: their consumers started before
+    that run the old value, even if this apply is killed before it restarts them)."""
     names = Names(profile.name)
+    inputs = Inputs.read(paths.inputs)
     for name, value in updates.values.items():
         podman.put_secret(names.secret(name), value, exists=names.secret(name) not in updates.absent)
+        inputs.put(name, updates.fingerprints[name], now_us())
+    for name, fingerprint in updates.fingerprints.items():
+        if name not in updates.values:
+            inputs.put(name, fingerprint, None)
+    inputs.write(paths.inputs)

@@ -126,6 +126,8 @@ def apply(
         where = (
             f"rolled back to generation {report.rolled_back_to}"
             if report.rolled_back_to
+            else "no earlier healthy generation: stopped it and removed its files"
+            if report.withdrawn
             else "no healthy generation to roll back to; left as applied"
         )
         raise ApplyFailed(
@@ -171,14 +173,18 @@ def status(name: str, as_json: bool) -> None:
 
 @main.command()
 @stack_argument
-@click.option("--purge", is_flag=True, help="Also remove the stack's unit files and podman secrets.")
+@click.option(
+    "--purge", is_flag=True, help="Also remove the stack's unit files, podman secrets and recorded state."
+)
 @reports_errors
 def down(name: str, purge: bool) -> None:
     """Stop stack NAME (its files stay, so `systemctl --user start NAME.target` brings it back)."""
     from sparc_agent.apply.down import down as stack_down
 
     stopped = stack_down(name, purge)
-    click.echo(f"{name}: stopped {len(stopped)} units" + (", removed its files and secrets" if purge else ""))
+    click.echo(
+        f"{name}: stopped {len(stopped)} units" + (", removed its files, secrets and state" if purge else "")
+    )
 
 
 from sparc_agent.cli.agent import logs, restart, run  # noqa: E402 - the agent's commands live in their own module

@@ -129,6 +129,8 @@ class UnitState:
     source_path: str  # e.g. the .container file a quadlet unit was generated from
     load_error: str = ""  # LoadError's message, when load_state is not "loaded"
     exec_main_status: int = 0  # exit status (or signal number) of the last main process
+    exec_main_start_timestamp: int = 0  # µs since the epoch the running main process was started, 0 if none
+    need_daemon_reload: bool = False  # its unit file (or the quadlet it came from) changed since loading
 
     @property
     def exists(self) -> bool:
@@ -175,6 +177,8 @@ _STATE_PROPS: Final = frozenset(
         "SourcePath",
         "LoadError",
         "ExecMainStatus",
+        "ExecMainStartTimestamp",
+        "NeedDaemonReload",
     }
 )
 
@@ -196,6 +200,8 @@ def _state_from(unit: str, u: dict[str, Any], s: dict[str, Any]) -> UnitState:
         source_path=str(u.get("SourcePath", "")),
         load_error=str(load_error[1]),
         exec_main_status=int(s.get("ExecMainStatus", 0)),
+        exec_main_start_timestamp=int(s.get("ExecMainStartTimestamp", 0)),
+        need_daemon_reload=bool(u.get("NeedDaemonReload", False)),
     )
 
 

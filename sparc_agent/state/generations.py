@@ -132,6 +132,11 @@ class Store:
         fsync_dir(self.root)
         self._prune(keep_also=generation.number)
 
+    def clear_current(self) -> None:
+        with contextlib.suppress(FileNotFoundError):
+            self.paths.current.unlink()
+            fsync_dir(self.root)
+
     def set_status(
         self, generation: Generation, status: Status, failed: str | None = None, reason: str = ""
     ) -> Generation:

@@ -58,6 +58,10 @@ class StackPaths:
     def agent_state(self) -> Path:
         return self.root / "agent-state.json"
 
+    @property
+    def inputs(self) -> Path:
+        return self.root / "inputs.json"
+
     def current_target(self) -> str | None:
         """Where `current` points (a readlink: what the agent polls to notice a new generation)."""
         try:
