@@ -10,6 +10,7 @@ from typing import TextIO
 
 from sparc_agent.apply.converge import converge
 from sparc_agent.apply.plan import stack_files_on_disk
+from sparc_agent.apply.secrets import restore_secrets
 from sparc_agent.errors import SparcError
 from sparc_agent.host import podman
 from sparc_agent.host.systemd import UserManager
@@ -42,6 +43,7 @@ async def rollback(
         flush=True,
     )
     old = load_profile(str(previous.profile_path)).profile
+    restore_secrets(old, store.paths, previous, log)
     await converge(mgr, config_home, store, old, previous.files, log)
     store.set_current(previous)
     return previous

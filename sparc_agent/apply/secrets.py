@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import secrets as pysecrets
 from dataclasses import dataclass
+from typing import TextIO
 
+from sparc_agent.errors import SparcError
 from sparc_agent.host import podman
 from sparc_agent.profile.model import Profile
 from sparc_agent.render import Names
@@ -60,4 +62,40 @@ def put_secrets(profile: Profile, updates: SecretUpdates, paths: StackPaths) -> 
     for name, fingerprint in updates.fingerprints.items():
         if name not in updates.values:
             inputs.put(name, fingerprint, None)
+    inputs.write(paths.inputs)
+
+
+def restore_secrets(profile: Profile, paths: StackPaths, generation: Generation, log: TextIO) -> None:
+    """Put back the secret values `generation` ran with (its consumers then count as stale and
+    restart). sparc-agent never keeps secret values, so a value comes from its source again: possible
+    while the source still holds it, said plainly when it does not."""
+    names = Names(profile.name)
+    key = salt(paths)
+    inputs = Inputs.read(paths.inputs)
+    for name, decl in profile.secrets.items():
+        wanted = generation.meta.secrets.get(name)
+        held = inputs.secrets.get(name)
+        if held is not None and held.digest == wanted:
+            continue  # podman holds that value already
+        try:
+            value: bytes | None = podman.secret_value(name, decl.file, decl.env)
+        except SparcError:
+            value = None
+        if value is None or podman.fingerprint(key, value) != wanted:
+            source = decl.file or f"${decl.env}"
+            print(
+                f"cannot restore secret {name} of generation {generation.number}: its source {source}"
+                " no longer holds that value (sparc-agent never keeps secret values);"
+                " its consumers keep the current one",
+                file=log,
+                flush=True,
+            )
+            continue
+        podman.put_secret(
+            names.secret(name),
+            value,
+            exists=names.secret(name) not in podman.missing_secrets([names.secret(name)]),
+        )
+        inputs.put(name, wanted, now_us())
+        print(f"restored secret {name} of generation {generation.number}", file=log, flush=True)
     inputs.write(paths.inputs)
