@@ -254,6 +254,7 @@ def test_a_dead_or_hung_prober_is_our_error_and_is_replaced(pod: FakePod, how: s
             assert broken.outcome is ProbeOutcome.ERROR, broken  # never FAILED: not the service's fault
             want = "did not answer within 1.5s: killed" if how == "hung" else "died (killed by signal 9)"
             assert broken.detail.startswith(f"in-pod prober of pod demo {want}"), broken
+            assert "inside pod" not in broken.detail  # ours, not something seen inside the pod
             again = await prober.probe(TcpSpec(port=port, timeout_s=0.5))
             assert again.ok, again
             assert prober.starts == 2 and prober.pid not in (None, first)

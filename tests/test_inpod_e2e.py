@@ -112,9 +112,14 @@ def test_unpublished_services_are_probed_inside_the_pod_only(
     if pod_ip:  # rootful bridge: the pod has an address on the host; MAS listens on the pod's loopback only
         assert refused(pod_ip, mas)
 
-    # status (no agent running) probes through the pod itself
+    # status (no agent running) probes through the pod itself, and so does `probe` ...
     report = status(mgr, mgr.name)
     assert {s["service"]: s["health"] for s in report["services"]} == {"riva": "ok", "mas": "ok"}, report
+    once = sparc(mgr, "probe", mgr.name, "mas", "--json")
+    assert once.returncode == 0 and json.loads(once.stdout)["detail"] == "HTTP 200", once.stdout + once.stderr
+    # ... unless told an address: there, on the host, nothing answers
+    there = sparc(mgr, "probe", mgr.name, "mas", "--json", "--host", "127.0.0.1")
+    assert there.returncode == 1 and json.loads(there.stdout)["detail"] == "Connection refused", there.stdout
 
     with agent(mgr, "--no-apply") as a:
         wait_for(lambda: states(mgr) == {"riva": "HEALTHY", "mas": "HEALTHY"}, 30, 0.1, "both HEALTHY")
@@ -148,12 +153,75 @@ def test_unpublished_services_are_probed_inside_the_pod_only(
         assert not a.find(state="UNHEALTHY"), a.log()
         assert {s: unit_props(mgr, f"{mgr.name}-{s}.service")["MainPID"] for s in ("riva", "mas")} == units
 
-        # and the in-pod probe does fail when the service does: MAS frozen -> UNHEALTHY -> restarted
-        podman("pause", f"{mgr.name}-mas")
+        # and the in-pod probe does fail when the service does: MAS stopped -> UNHEALTHY -> restarted
+        main = podman("inspect", "-f", "{{.State.Pid}}", f"{mgr.name}-mas").stdout.strip()
+        for child in subprocess.run(["pgrep", "-P", main], capture_output=True, text=True).stdout.split():
+            os.kill(int(child), signal.SIGSTOP)  # the server under catatonit: it accepts, never answers
         unhealthy = wait_for(
             lambda: a.find(event="state", service="mas", state="UNHEALTHY"), 30, 0.1, "mas UNHEALTHY"
         )
         assert f"(inside pod {mgr.name})" in json.dumps(unhealthy), unhealthy
-        wait_for(lambda: a.find(event="restart", service="mas", by="agent"), 30, 0.1, "mas restarted")
+        wait_for(lambda: a.find(event="restart", service="mas", by="agent"), 60, 0.1, "mas restarted")
         wait_for(lambda: states(mgr).get("mas") == "HEALTHY", 30, 0.1, "mas HEALTHY again")
         assert unit_props(mgr, f"{mgr.name}-mas.service")["MainPID"] != units["mas"]
+
+
+# as the rootless user: its own pod, its own prober (nsenter -U into podman's user namespace first)
+DRIVER = """
+import asyncio, json, os, signal, sys
+from sparc_agent.probes import run_probe
+from sparc_agent.probes.http import HttpSpec
+from sparc_agent.probes.inpod import PodProber
+
+async def main(pod, port):
+    spec = HttpSpec(port=port, path="/", status=(200, 499), timeout_s=2)
+    prober = PodProber(pod)
+    seen = {}
+    r = await prober.probe(spec)
+    seen["inside"] = [r.outcome.value, r.detail]
+    r = await run_probe(spec)
+    seen["host"] = [r.outcome.value, r.detail]
+    status = open(f"/proc/{prober.pid}/status").read()
+    seen["uid"] = int(next(l for l in status.splitlines() if l.startswith("Uid:")).split()[1])
+    seen["own_netns"] = os.readlink(f"/proc/{prober.pid}/ns/net") == os.readlink("/proc/self/ns/net")
+    os.kill(prober.pid, signal.SIGKILL)
+    await asyncio.sleep(0.5)
+    r = await prober.probe(spec)
+    seen["after_kill"] = [r.outcome.value, r.detail]
+    r = await prober.probe(spec)
+    seen["again"] = [r.outcome.value, r.detail, prober.starts]
+    await prober.close()
+    print(json.dumps(seen))
+
+asyncio.run(main(sys.argv[1], int(sys.argv[2])))
+"""
+
+
+def test_rootless_prober_joins_the_users_pod(make_rootless_user: Any, tmp_path: Path) -> None:
+    from test_install_e2e import ensure_tun_for_users
+    from testhost import BB_IMAGE, REPO, build_standin_images
+
+    ensure_tun_for_users()
+    build_standin_images()
+    archive = tmp_path / "bb.tar"
+    podman("save", "-q", "-o", str(archive), BB_IMAGE)
+    tmp_path.chmod(0o755)
+    archive.chmod(0o644)
+    user = make_rootless_user()
+    user.run(["podman", "load", "-q", "-i", str(archive)], check=True)
+    port = free_port()
+    pod = f"{user.name}-pod"
+    user.podman("pod", "create", "--name", pod, check=True)
+    user.podman(
+        "run", "-d", "--pod", pod, BB_IMAGE, "httpd", "-f", "-p", f"127.0.0.1:{port}", "-h", "/", check=True
+    )
+    # the package from this checkout with the system's Python (no third-party module is needed here)
+    done = user.run(
+        ["/usr/bin/python3", "-P", "-c", DRIVER, pod, str(port)], check=True, PYTHONPATH=str(REPO)
+    )
+    seen = json.loads(done.stdout)
+    assert seen["inside"][0] == "ok", seen  # an HTTP answer from the pod's loopback
+    assert seen["host"] == ["failed", "Connection refused"], seen  # nothing of it on the host
+    assert seen["uid"] == user.uid and not seen["own_netns"], seen  # the user's own process, in the pod
+    assert seen["after_kill"][0] == "error" and "died (killed by signal 9)" in seen["after_kill"][1], seen
+    assert seen["again"][0] == "ok" and seen["again"][2] == 2, seen

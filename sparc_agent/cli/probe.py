@@ -18,9 +18,13 @@ from sparc_agent.errors import InvalidInput
 @click.argument("profile_or_stack")
 @click.argument("service")
 @click.option("--json", "as_json", is_flag=True, help="One JSON object per probe, one a line.")
-@click.option("--host", default="127.0.0.1", show_default=True, help="Where the probes connect to.")
+@click.option(
+    "--host",
+    default=None,
+    help="Where the probes connect to [default: 127.0.0.1; inside the pod for a port it does not publish].",
+)
 @reports_errors
-def probe(profile_or_stack: str, service: str, as_json: bool, host: str) -> None:
+def probe(profile_or_stack: str, service: str, as_json: bool, host: str | None) -> None:
     """Run SERVICE's probes (its health probe, and webrtc if it has one) once and print each result.
 
     PROFILE_OR_STACK is a profile file, or the name of an applied stack (its current profile).
@@ -49,9 +53,11 @@ def _profile(profile_or_stack: str) -> Any:
     return load_profile_or_exit(str(path), (), ()).profile
 
 
-async def run_service_probes(profile: Any, service: str, host: str) -> list[tuple[str, Any]]:
+async def run_service_probes(profile: Any, service: str, host: str | None) -> list[tuple[str, Any]]:
     from sparc_agent.probes import run_probe
+    from sparc_agent.probes.inpod import PodProbers
     from sparc_agent.probes.kinds import spec_from_fields
+    from sparc_agent.profile.rules import probe_pod
     from sparc_agent.render import Names
 
     svc = profile.services.get(service)
@@ -65,9 +71,16 @@ async def run_service_probes(profile: Any, service: str, host: str) -> list[tupl
     specs += [(kind, spec_from_fields(kind, dict(block))) for kind, block in svc.health.apart.items()]
     sources = {n: {"file": d.file} if d.file else {"env": d.env} for n, d in profile.secrets.items()}
     container = Names(profile.name).container(service)
-    return [
-        (kind, await run_probe(spec, host=host, container=container, secrets=sources)) for kind, spec in specs
-    ]
+    pod = probe_pod(profile, service) if host is None else None  # an address given: probe that one
+    results = []
+    async with PodProbers() as probers:
+        for i, (kind, spec) in enumerate(specs):
+            if pod is not None and i == 0:  # the service's own probe; webrtc's ports are published
+                result = await probers.run(spec, container=container, pod=pod)
+            else:
+                result = await run_probe(spec, host=host or "127.0.0.1", container=container, secrets=sources)
+            results.append((kind, result))
+    return results
 
 
 def as_record(service: str, kind: str, result: Any) -> dict[str, Any]:

@@ -204,6 +204,10 @@ class PodProber:
             return hung
         finally:
             session.pending.pop(rid, None)
+        return result
+
+    def _from_prober(self, result: ProbeResult) -> ProbeResult:
+        """A result of the prober itself; a failure says where it was seen."""
         if result.outcome is ProbeOutcome.OK:
             return result
         return dataclasses.replace(result, detail=f"{result.detail} (inside pod {self.pod})")
@@ -252,7 +256,7 @@ class PodProber:
                     msg = json.loads(line)
                     fut = session.pending.get(int(msg["id"]))
                     if fut is not None and not fut.done():
-                        fut.set_result(decode_result(msg))
+                        fut.set_result(self._from_prober(decode_result(msg)))
         code = await session.proc.wait()
         if session.done:  # we killed or closed it: its probes have their answers
             return
