@@ -8,7 +8,6 @@ replaced by hand since is left where it is, and said so.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import shutil
 import sys
 from pathlib import Path
@@ -16,11 +15,10 @@ from typing import TextIO
 
 from sparc_agent.apply.lock import apply_lock
 from sparc_agent.apply.status import current_generation
-from sparc_agent.errors import SparcError
-from sparc_agent.host import podman
+from sparc_agent.apply.write import remove_stack, stop_stack
 from sparc_agent.host.systemd import UserManager
 from sparc_agent.profile.model import Profile
-from sparc_agent.render import Names, owner, unit_of
+from sparc_agent.render import owner
 from sparc_agent.state import commit
 from sparc_agent.state.generations import Store
 from sparc_agent.state.paths import Paths
@@ -41,7 +39,6 @@ def ours_and_foreign(config_home: Path, stack: str, files: list[str]) -> tuple[l
 
 async def purge(mgr: UserManager, config_home: Path, store: Store, profile: Profile, log: TextIO) -> None:
     """Remove the stack's files (ours only), podman secrets and state directory."""
-    names = Names(profile.name)
     with apply_lock(store.lock_path, True, log):
         commit.recover(store.journal, config_home)
         files = sorted({rel for gen in store.all() for rel in gen.meta.files})
@@ -51,30 +48,14 @@ async def purge(mgr: UserManager, config_home: Path, store: Store, profile: Prof
                 f"kept {config_home / rel}: it is no longer sparc-agent's (no header of {profile.name})",
                 file=log,
             )
-        commit.commit(config_home, {}, ours, store.journal)
-        await mgr.reload()
-        for rel in ours:
-            with contextlib.suppress(SparcError):
-                await mgr.reset_failed(unit_of(rel))
-        for secret in profile.secrets:
-            podman.remove_secret(names.secret(secret))
+        await remove_stack(mgr, config_home, store.journal, profile, ours)
         shutil.rmtree(store.root)  # the agent drops a stack whose state is gone
 
 
 async def _down(stack: str, purge_too: bool, log: TextIO) -> list[str]:
     store, _, profile = current_generation(stack)
-    names = Names(profile.name)
-    stopped: list[str] = []
     async with await UserManager.connect() as mgr:
-        units = [
-            names.target,
-            *(names.service_unit(s) for s in reversed(list(profile.services))),
-            names.pod_unit,
-        ]
-        for unit in units:
-            with contextlib.suppress(SparcError):
-                await mgr.stop(unit)
-                stopped.append(unit)
+        stopped = await stop_stack(mgr, profile)
         if purge_too:
             await purge(mgr, Paths.from_env().config_home, store, profile, log)
     return stopped

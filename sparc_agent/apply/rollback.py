@@ -4,20 +4,16 @@ it that did, by converging to its files again (only what differs is touched). Wh
 
 from __future__ import annotations
 
-import contextlib
 from pathlib import Path
 from typing import TextIO
 
 from sparc_agent.apply.converge import converge
 from sparc_agent.apply.plan import stack_files_on_disk
 from sparc_agent.apply.secrets import restore_secrets
-from sparc_agent.errors import SparcError
-from sparc_agent.host import podman
+from sparc_agent.apply.write import remove_stack, stop_stack
 from sparc_agent.host.systemd import UserManager
 from sparc_agent.profile.load import load_profile
 from sparc_agent.profile.model import Profile
-from sparc_agent.render import Names, unit_of
-from sparc_agent.state import commit
 from sparc_agent.state.generations import Generation, Store
 from sparc_agent.state.meta import Status
 
@@ -52,19 +48,10 @@ async def rollback(
 async def withdraw(mgr: UserManager, config_home: Path, store: Store, profile: Profile, log: TextIO) -> None:
     """A stack that never became healthy: nothing of it stays running or current (its failed
     generation's record stays, for `ls` and the logs)."""
-    names = Names(profile.name)
-    units = [names.target, *(names.service_unit(s) for s in reversed(list(profile.services))), names.pod_unit]
-    for unit in units:
-        with contextlib.suppress(SparcError):
-            await mgr.stop(unit)
-    ours = sorted(stack_files_on_disk(config_home, profile.name))
-    commit.commit(config_home, {}, ours, store.journal)
-    await mgr.reload()
-    for rel in ours:
-        with contextlib.suppress(SparcError):
-            await mgr.reset_failed(unit_of(rel))
-    for secret in profile.secrets:
-        podman.remove_secret(names.secret(secret))
+    await stop_stack(mgr, profile)
+    await remove_stack(
+        mgr, config_home, store.journal, profile, sorted(stack_files_on_disk(config_home, profile.name))
+    )
     store.clear_current()
     print(
         f"{profile.name}: no earlier healthy generation: stopped it and removed its files",

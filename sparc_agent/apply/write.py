@@ -9,8 +9,10 @@ from typing import TextIO
 
 from sparc_agent.apply.plan import FileChanges
 from sparc_agent.errors import SparcError
+from sparc_agent.host import podman
 from sparc_agent.host.systemd import UserManager
-from sparc_agent.render import unit_of
+from sparc_agent.profile.model import Profile
+from sparc_agent.render import Names, unit_of
 from sparc_agent.state import commit
 
 
@@ -37,3 +39,29 @@ async def reload(mgr: UserManager, changes: FileChanges) -> None:
     for unit in removed_units(changes):
         with contextlib.suppress(SparcError):
             await mgr.reset_failed(unit)
+
+
+async def stop_stack(mgr: UserManager, profile: Profile) -> list[str]:
+    """Stop the stack's target, services (dependents first) and pod; the units that stopped."""
+    names = Names(profile.name)
+    units = [names.target, *(names.service_unit(s) for s in reversed(list(profile.services))), names.pod_unit]
+    stopped = []
+    for unit in units:
+        with contextlib.suppress(SparcError):
+            await mgr.stop(unit)
+            stopped.append(unit)
+    return stopped
+
+
+async def remove_stack(
+    mgr: UserManager, config_home: Path, journal: Path, profile: Profile, files: list[str]
+) -> None:
+    """Remove these files of the stack (one commit, one reload) and its podman secrets."""
+    commit.commit(config_home, {}, files, journal)
+    await mgr.reload()
+    for rel in files:
+        with contextlib.suppress(SparcError):
+            await mgr.reset_failed(unit_of(rel))
+    names = Names(profile.name)
+    for secret in profile.secrets:
+        podman.remove_secret(names.secret(secret))
