@@ -8,9 +8,11 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import signal
 import socket
 import subprocess
+import tempfile
 from pathlib import Path
 from typing import Any
 
@@ -197,18 +199,22 @@ asyncio.run(main(sys.argv[1], int(sys.argv[2])))
 """
 
 
-def test_rootless_prober_joins_the_users_pod(make_rootless_user: Any, tmp_path: Path) -> None:
+def test_rootless_prober_joins_the_users_pod(make_rootless_user: Any) -> None:
     from test_install_e2e import ensure_tun_for_users
     from testhost import BB_IMAGE, REPO, build_standin_images
 
     ensure_tun_for_users()
     build_standin_images()
-    archive = tmp_path / "bb.tar"
-    podman("save", "-q", "-o", str(archive), BB_IMAGE)
-    tmp_path.chmod(0o755)
-    archive.chmod(0o644)
-    user = make_rootless_user()
-    user.run(["podman", "load", "-q", "-i", str(archive)], check=True)
+    shared = Path(tempfile.mkdtemp(prefix="sparc-inpod-"))  # pytest's tmp_path is root's alone (0700)
+    try:
+        shared.chmod(0o755)
+        archive = shared / "bb.tar"
+        podman("save", "-q", "-o", str(archive), BB_IMAGE)
+        archive.chmod(0o644)
+        user = make_rootless_user()
+        user.run(["podman", "load", "-q", "-i", str(archive)], check=True)
+    finally:
+        shutil.rmtree(shared, ignore_errors=True)
     port = free_port()
     pod = f"{user.name}-pod"
     user.podman("pod", "create", "--name", pod, check=True)
