@@ -4,13 +4,13 @@ again; a failing loader fails the apply with its log tail and its dependent neve
 
 from __future__ import annotations
 
-from pathlib import Path
 from typing import Any
 
 import pytest
 from stackfiles import sparc, status, write_profile
 from test_agent_e2e import agent, agent_state
 from testhost import BB_IMAGE, UserManager, free_port, http_get, wait_for
+from trixiehost import ApplyHost
 
 pytestmark = [pytest.mark.e2e]
 
@@ -46,10 +46,9 @@ def props(mgr: UserManager, unit: str) -> dict[str, str]:
     return dict(line.split("=", 1) for line in out.splitlines() if "=" in line)
 
 
-def test_a_loader_runs_once_per_generation_before_its_dependent(
-    user_manager: UserManager, standin_images: dict[str, str], tmp_path: Path
-) -> None:
-    mgr, port = user_manager, free_port()
+def test_a_loader_runs_once_per_generation_before_its_dependent(apply_host: ApplyHost) -> None:
+    """On both hosts: bookworm (podman 4.3, our pod unit) and trixie (podman 5.4, a quadlet .pod)."""
+    mgr, tmp_path, port = apply_host.mgr, apply_host.tmp, free_port()
     loader, server = f"{mgr.name}-fetch-models.service", f"{mgr.name}-server.service"
     doc = loader_stack(mgr.name, port, "sleep 1; echo model-v1 > /data/model.txt")
     profile = write_profile(doc, tmp_path / "p.yaml")
@@ -61,6 +60,10 @@ def test_a_loader_runs_once_per_generation_before_its_dependent(
     assert int(up["InactiveExitTimestampMonotonic"]) > int(ran["ExecMainExitTimestampMonotonic"]) > 0
     assert http_get(port, "/model.txt")[1:] == (200, b"model-v1\n")
     report = status(mgr, mgr.name)
+    text = sparc(mgr, "status", mgr.name).stdout
+    assert "2/2 healthy" in text and any(
+        line.split()[:3] == ["fetch-models", "active/exited", "completed"] for line in text.splitlines()
+    ), text
     assert {s["service"]: s["health"] for s in report["services"]} == {
         "fetch-models": "completed",
         "server": "ok",
@@ -99,10 +102,8 @@ def test_a_loader_runs_once_per_generation_before_its_dependent(
     assert http_get(port, "/model.txt")[1:] == (200, b"model-v2\n")
 
 
-def test_a_failing_loader_fails_the_apply_and_its_dependent_never_starts(
-    user_manager: UserManager, standin_images: dict[str, str], tmp_path: Path
-) -> None:
-    mgr, port = user_manager, free_port()
+def test_a_failing_loader_fails_the_apply_and_its_dependent_never_starts(apply_host: ApplyHost) -> None:
+    mgr, tmp_path, port = apply_host.mgr, apply_host.tmp, free_port()
     doc = loader_stack(mgr.name, port, "echo cannot-fetch-the-models >&2; exit 3")
     done = sparc(mgr, "apply", str(write_profile(doc, tmp_path / "p.yaml")))
     assert done.returncode == 1, done.stdout + done.stderr
