@@ -87,15 +87,15 @@ def test_adoption_probes_with_jitter_and_never_restarts() -> None:
     assert m.state is State.HEALTHY and m.next_probe_at == pytest.approx(5.6)
 
 
-def test_hang_is_confirmed_after_retries_then_restarted_after_backoff() -> None:
+def test_hang_is_confirmed_after_retries_then_restarted_at_once() -> None:
     m = healthy_machine()
-    m.on_probe(FAIL, 3.0)
-    assert m.state is State.HEALTHY and m.next_probe_at == pytest.approx(3.5)  # re-probe fast
-    m.on_probe(FAIL, 4.5)
-    assert m.state is State.BACKOFF and m.backoff_until == pytest.approx(5.5)
-    assert m.due(5.0) is None
-    action = m.due(5.5)
-    assert action == Action(Act.RESTART, "unhealthy: timed out after 1s", 1, kill_after=0.0)
+    m.on_probe(FAIL, 3.0)  # timed out after 1 s: the next probe starts at once (start to start)
+    assert m.state is State.HEALTHY and m.next_probe_at == pytest.approx(3.0)
+    m.on_probe(ProbeView("failed", 0.1, "timed out after 1s"), 3.1)  # quick: the next after 0.5 - 0.1 s
+    assert m.next_probe_at == pytest.approx(3.5)
+    assert m.state is State.BACKOFF and m.backoff_until == pytest.approx(3.1)  # the first: no backoff
+    action = m.due(3.1)
+    assert action == Action(Act.RESTART, "unhealthy: timed out after 1s", 1, kill_after=2.0)
     assert m.due(5.6) is None  # busy: never two at once
     m.on_action_done(action, True, 6.2)
     assert m.state is State.STARTING and m.restarts_in_window(6.2) == 1
@@ -153,6 +153,7 @@ def test_systemd_restarting_a_crash_is_counted_not_doubled() -> None:
     m.on_unit(UnitView("inactive", "dead", "signal", 1, 0, "a"), 11.0)
     assert m.restarts_in_window(11.0) == 1  # NRestarts 0 -> 1 counted
     assert m.due(11.0) is None  # it is not failed: no start from us either
+    assert m.state is State.BACKOFF  # and not STOPPED: systemd's restart job is queued
     m.on_unit(running("b", n=1), 11.1)
     assert m.state is State.STARTING
     m.on_probe(OK, 11.3)
@@ -660,3 +661,40 @@ def test_a_reconnect_says_which_one_went() -> None:
     assert _which_went((1, "bus-a"), (1, "bus-b")) == BUS_RESTARTED
     assert _which_went((1, "bus-a"), (1, "bus-a")) == CONNECTION_DROPPED
     assert "user manager" not in BUS_RESTARTED.split(";")[0]
+
+
+def test_a_second_hang_in_an_episode_waits_the_backoff() -> None:
+    m = healthy_machine(plan(backoff_initial=1.0))
+    for t0 in (3.0, 20.0):
+        m.on_probe(FAIL, t0)
+        m.on_probe(FAIL, t0 + 1.0)
+        assert m.state is State.BACKOFF
+        if t0 == 20.0:
+            assert m.backoff_until == pytest.approx(22.0)  # attempt 2: backoff.initial
+            break
+        action = m.due(t0 + 1.0)
+        assert action is not None
+        m.on_action_done(action, True, t0 + 1.5)
+        m.on_unit(running("b"), t0 + 1.5)
+        m.on_probe(OK, t0 + 2.0)
+
+
+def test_a_crash_seen_first_as_inactive_is_a_restart_not_a_stop() -> None:
+    m = healthy_machine()
+    m.on_unit(UnitView("inactive", "dead", "signal", 1, 0, "a"), 10.0)  # failed + auto-restart coalesced
+    assert m.state is State.BACKOFF and m.restarts_total == 1
+    m.on_unit(UnitView("activating", "start", "signal", 1, 0, "b"), 11.0)
+    m.on_unit(running("b", n=1), 11.2)
+    assert m.state is State.STARTING
+    assert not [e for e in m.drain() if e.get("state") == "STOPPED"]
+
+
+def test_a_crash_still_inactive_when_its_backoff_ends_is_started_not_stopped() -> None:
+    m = healthy_machine()
+    m.on_unit(failed(result="exit-code"), 10.0)
+    m.on_unit(UnitView("inactive", "dead", "exit-code", 0, 0, "a"), 11.0)  # no restart of systemd's
+    action = m.due(11.0)
+    assert m.state is State.BACKOFF and action is not None and action.act is Act.START
+    m.on_action_done(action, True, 11.3)
+    assert m.restarts_total == 1
+    assert not [e for e in m.drain() if e.get("state") == "STOPPED"]

@@ -319,7 +319,7 @@ class ServiceMachine:
         if self.state is State.FATAL:
             self._on_unit_while_fatal(unit, systemd_restarted, now)
         else:
-            self._on_unit_state(unit, prev, now)
+            self._on_unit_state(unit, prev, systemd_restarted, now)
         # counted after the state change: NRestarts ticks on entering auto-restart, in one episode
         if systemd_restarted:
             self._count_systemd_restarts(unit.n_restarts - seen, unit, prev, now)
@@ -352,7 +352,9 @@ class ServiceMachine:
             self.attempt = 0
             self._enter_starting(now, "started by hand: FATAL cleared")
 
-    def _on_unit_state(self, unit: UnitView, prev: UnitView | None, now: float) -> None:
+    def _on_unit_state(
+        self, unit: UnitView, prev: UnitView | None, systemd_restarted: bool, now: float
+    ) -> None:
         a, s = unit.active_state, unit.sub_state
         if a == "failed" and unit.result == "start-limit-hit":
             self._fatal(now, f"systemd start limit hit (StartLimitBurst={self.plan.max_restarts + 1})")
@@ -378,9 +380,14 @@ class ServiceMachine:
             else:
                 self._on_crash(now, unit, systemd_restarting=False)
         elif a == "inactive" and not self._holding and self.state is not State.BACKOFF:
-            # (in BACKOFF, systemd 252 passes through inactive/dead between auto-restart and the new start)
-            self.next_probe_at = None
-            self._to(State.STOPPED, now, "stopped (not by the agent)")
+            # systemd 252 passes through inactive/dead between auto-restart and the new start: when the
+            # signals of a crash come together, that is the first we see of it. A restart, not a stop.
+            crashed = unit.result not in ("", "success") or systemd_restarted
+            if crashed and self.plan.policy != "no":
+                self._on_crash(now, unit, systemd_restarting=True)
+            else:
+                self.next_probe_at = None
+                self._to(State.STOPPED, now, "stopped (not by the agent)")
 
     def _unit_active(self, unit: UnitView, prev: UnitView | None, now: float) -> None:
         # only a transition into active is news: other property changes of a running unit are not
@@ -411,9 +418,10 @@ class ServiceMachine:
         self._holding = False
         self._enter_backoff(now, f"unit {unit.active_state} ({unit.result or unit.sub_state})")
 
-    def _enter_backoff(self, now: float, reason: str) -> None:
-        """Wait the policy's next backoff before restart attempt `attempt + 1`."""
-        delay = self.plan.backoff(self.attempt + 1)
+    def _enter_backoff(self, now: float, reason: str, *, hung: bool = False) -> None:
+        """Wait the policy's next backoff before restart attempt `attempt + 1`. A hung service (it runs,
+        but failed its probes) is restarted at once the first time: its probes already took their time."""
+        delay = self.plan.backoff(self.attempt + (0 if hung else 1)) if self.attempt or not hung else 0.0
         self.backoff_until, self.backoff_delay, self._episode_counted = now + delay, delay, False
         self._to(State.BACKOFF, now, reason, attempt=self.attempt + 1, backoff=round(delay, 3))
 
@@ -520,7 +528,8 @@ class ServiceMachine:
         self._unhealthy(result, now)
 
     def _on_probe_failed(self, result: ProbeView, now: float) -> None:
-        self.next_probe_at = now + self._fast()
+        # start to start, like the interval: after a probe that timed out, the next one starts at once
+        self.next_probe_at = now + max(0.0, self._fast() - result.latency_s)
         if self.state is State.STARTING and now - self.started_at < self.plan.start_period:
             return  # failures in the start period do not count
         self.fails += 1
@@ -546,7 +555,7 @@ class ServiceMachine:
         elif self._budget_spent(now):
             self._fatal_budget(now, f"; still unhealthy: {what}")
         else:
-            self._enter_backoff(now, f"unhealthy: {what}")
+            self._enter_backoff(now, f"unhealthy: {what}", hung=True)
 
     def on_dependency_recovered(self, dep: str) -> None:
         """A `healthy` dependency came back after a restart: this one is due a restart too (not counted)."""
@@ -592,11 +601,14 @@ class ServiceMachine:
             return None
         if self._owed_start:
             return Action(Act.START, self.reason, 0)
-        if unit.active_state == "inactive" and not self._holding:
-            # not failed, not restarting, not held by us: someone stopped it meanwhile
+        if unit.active_state == "inactive" and unit.result in ("", "success") and not self._holding:
+            # not failed, not restarting, not held by us: someone stopped it meanwhile (systemd 252 shows
+            # a crash on its way from auto-restart to the new start as inactive/dead with its result)
             self.backoff_until = None
             self._to(State.STOPPED, now, "stopped (not by the agent)")
             return None
+        if unit.active_state == "inactive" and self._episode_counted and not self._holding:
+            return None  # systemd's restart job is queued (NRestarts ticked): its start comes next
         if self._budget_spent(now):
             self._fatal_budget(now, "")
             return None
