@@ -382,10 +382,9 @@ def trixie_quadlets(mgr: trixiehost.TrixieManager, stack: str, on_failure: str) 
     """Hand-written quadlets: a pod with signaling and turn, podman's health checks with TIMING.
 
     Each check ends in a plain word: quadlet drops the closing quote of a HealthCmd that ends in one.
-    WorkingDir=/: in the trixie root (a chroot) `podman exec`, and so podman's health checks, enter the
-    container's namespaces but the chroot's mount root, not the container's (issue 14 item 5); with the
-    image's /app as cwd they fail to start at all. From / they run the root's python3 in the container's
-    network namespace, which checks what it should: the server answering on the pod's localhost."""
+    WorkingDir=/ dates from when test host B was a chroot, where `podman exec` (so podman's health
+    checks) landed in the host's root and failed to chdir to the image's /app; since the root runs in
+    its own mount namespace (tests/trixiehost.py) the checks run inside the container, from /."""
     sig, turn = testhost.free_port(), testhost.free_port("udp")
     d = mgr.quadlet_dir
     (d / f"{stack}.pod").write_text(
