@@ -52,6 +52,14 @@ async def read_status(reader: asyncio.StreamReader) -> int:
             budget -= len(line)
 
 
+def get_request(path: str, target: Target, port: int, headers: str) -> bytes:
+    """A GET request head: the path checked, Host as a URL names it, our User-Agent, then `headers`."""
+    return (
+        f"GET {check_path(path)} HTTP/1.1\r\nHost: {authority(target.host, port)}\r\n"
+        f"User-Agent: sparc-agent\r\n{headers}\r\n"
+    ).encode()
+
+
 @dataclass(frozen=True)
 class HttpSpec(PortSpec):
     path: HttpPath = "/"
@@ -60,15 +68,11 @@ class HttpSpec(PortSpec):
 
 async def probe(spec: HttpSpec, target: Target) -> ProbeResult:
     async def check() -> str:
-        path = check_path(spec.path)
+        request = get_request(spec.path, target, spec.port, "Accept: */*\r\nConnection: close\r\n")
         lo, hi = spec.status
         reader, writer = await open_tcp(target.host, spec.port, limit=MAX_HEAD)
         try:
-            writer.write(
-                f"GET {path} HTTP/1.1\r\nHost: {authority(target.host, spec.port)}\r\n"
-                "User-Agent: sparc-agent\r\n"
-                "Accept: */*\r\nConnection: close\r\n\r\n".encode()
-            )
+            writer.write(request)
             await writer.drain()
             status = await read_status(reader)
         finally:

@@ -17,15 +17,13 @@ from sparc_agent.probes.base import (
     ProbeResult,
     Target,
     TargetFailed,
-    authority,
-    check_path,
     close,
     measured,
     open_tcp,
     read_until,
 )
 from sparc_agent.probes.fields import HttpPath
-from sparc_agent.probes.http import MAX_HEAD, parse_status_line
+from sparc_agent.probes.http import MAX_HEAD, get_request, parse_status_line
 
 GUID = b"258EAFA5-E914-47DA-95CA-C5AB0DC85B11"
 CLOSE_NORMAL = 1000
@@ -62,15 +60,12 @@ class WebSocketSpec(PortSpec):
 
 async def probe(spec: WebSocketSpec, target: Target) -> ProbeResult:
     async def check() -> str:
-        path = check_path(spec.path)
         key = base64.b64encode(os.urandom(16))
+        upgrade = f"Upgrade: websocket\r\nConnection: Upgrade\r\nSec-WebSocket-Key: {key.decode()}\r\n"
+        request = get_request(spec.path, target, spec.port, upgrade + "Sec-WebSocket-Version: 13\r\n")
         reader, writer = await open_tcp(target.host, spec.port, limit=MAX_HEAD)
         try:
-            writer.write(
-                f"GET {path} HTTP/1.1\r\nHost: {authority(target.host, spec.port)}\r\nUpgrade: websocket\r\n"
-                f"Connection: Upgrade\r\nSec-WebSocket-Key: {key.decode()}\r\nSec-WebSocket-Version: 13\r\n"
-                "User-Agent: sparc-agent\r\n\r\n".encode()
-            )
+            writer.write(request)
             await writer.drain()
             # "\n\n" would do for a sloppy server, but RFC 6455 servers are HTTP/1.1 and end heads with CRLF
             status, headers = parse_head(await read_until(reader, b"\r\n\r\n"))
