@@ -38,6 +38,7 @@ from testhost import (
     build_standin_images,
     remove_cgroup_trees,
     require_testhost,
+    require_tool,
     wait_for,
 )
 
@@ -247,8 +248,8 @@ def _teardown(user: RootlessUser) -> list[str]:
 def make_rootless_user() -> Iterator[Callable[..., RootlessUser]]:
     """Factory: a fresh non-root user; with `manager=True` its own systemd --user is running."""
     require_testhost()
-    if shutil.which("useradd") is None or shutil.which("setpriv") is None:
-        pytest.skip("useradd/setpriv missing")
+    require_tool("useradd", "the passwd package")
+    require_tool("setpriv", "util-linux")
     made: list[RootlessUser] = []
 
     def make(subids: bool = True, manager: bool = True) -> RootlessUser:

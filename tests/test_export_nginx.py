@@ -6,7 +6,6 @@ from __future__ import annotations
 import base64
 import hashlib
 import http.server
-import shutil
 import signal
 import subprocess
 import threading
@@ -15,7 +14,7 @@ from pathlib import Path
 
 import pytest
 from click.testing import CliRunner
-from testhost import WS_GUID, _require_strict, free_port, http_get, wait_tcp, ws_handshake
+from testhost import WS_GUID, free_port, http_get, require_tool, wait_tcp, ws_handshake
 
 from sparc_agent.cli.export import export
 from sparc_agent.errors import InvalidInput
@@ -112,11 +111,7 @@ def test_cli_bad_option_exits_2_and_writes_nothing(tmp_path: Path) -> None:
 
 
 def _need_nginx() -> None:
-    if shutil.which(NGINX) is None:
-        message = "nginx not installed (scripts/test-host-setup.sh installs it)"
-        if _require_strict():
-            pytest.fail(message, pytrace=False)
-        pytest.skip(message)
+    require_tool(NGINX)
 
 
 def _conf(tmp_path: Path, site: str) -> Path:

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import os
-import shutil
 import subprocess
 import time
 from importlib import resources
@@ -14,7 +13,16 @@ import pytest
 import yaml
 from click.testing import CliRunner
 from slurmhost import SlurmCluster, slurm_cluster_fixture  # noqa: F401 - provides `slurm_cluster`
-from testhost import free_port, grpc_health, http_get, podman, stun_binding, wait_for, ws_handshake
+from testhost import (
+    free_port,
+    grpc_health,
+    http_get,
+    podman,
+    require_tool,
+    stun_binding,
+    wait_for,
+    ws_handshake,
+)
 
 from sparc_agent.cli.export import export
 from sparc_agent.export.shell import sh_quote
@@ -54,8 +62,7 @@ def test_golden(example: str, runtime: str, update_golden: bool) -> None:
 @pytest.mark.parametrize("runtime", RUNTIMES)
 @pytest.mark.parametrize("example", EXAMPLES)
 def test_shellcheck_clean(example: str, runtime: str, tmp_path: Path) -> None:
-    if shutil.which("shellcheck") is None:
-        pytest.skip("shellcheck not installed (apt-get install shellcheck)")
+    require_tool("shellcheck")
     script = tmp_path / "job.slurm"
     script.write_text(_export(example, runtime))
     proc = subprocess.run(["shellcheck", "-s", "bash", str(script)], capture_output=True, text=True)
@@ -64,8 +71,7 @@ def test_shellcheck_clean(example: str, runtime: str, tmp_path: Path) -> None:
 
 @pytest.mark.unit
 def test_the_bash_library_is_package_data_and_shellcheck_clean_on_its_own() -> None:
-    if shutil.which("shellcheck") is None:
-        pytest.skip("shellcheck not installed (apt-get install shellcheck)")
+    require_tool("shellcheck")
     template = resources.files("sparc_agent.export").joinpath("templates", "slurm-library.sh")
     with resources.as_file(template) as path:
         proc = subprocess.run(["shellcheck", "-s", "bash", str(path)], capture_output=True, text=True)

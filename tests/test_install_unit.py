@@ -4,13 +4,13 @@ from __future__ import annotations
 
 import os
 import pwd
-import shutil
 import subprocess
 import sys
 from pathlib import Path
 
 import pytest
 from click.testing import CliRunner
+from testhost import require_tool
 
 from sparc_agent.cli.main import main
 from sparc_agent.profile.model import Profile
@@ -21,9 +21,10 @@ REPO = Path(__file__).resolve().parent.parent
 INSTALL = REPO / "install.sh"
 
 
-@pytest.mark.skipif(shutil.which("shellcheck") is None, reason="shellcheck not installed")
 def test_install_sh_is_shellcheck_clean() -> None:
-    done = subprocess.run(["shellcheck", str(INSTALL)], capture_output=True, text=True, check=False)
+    done = subprocess.run(
+        [require_tool("shellcheck"), str(INSTALL)], capture_output=True, text=True, check=False
+    )
     assert done.returncode == 0, done.stdout
 
 

@@ -3,14 +3,13 @@
 from __future__ import annotations
 
 import asyncio
-import shutil
 import subprocess
 import sys
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from testhost import _require_strict
+from testhost import require_tool
 
 from sparc_agent.agent.metrics import Metrics, MetricsConfig, read_config, restart_reason, serve
 from sparc_agent.agent.supervisor import ServiceMachine, ServicePlan, State, UnitView
@@ -145,10 +144,7 @@ def test_events_and_present_state_become_samples(metrics: Metrics) -> None:
 
 
 def test_promtool_accepts_the_exposition(metrics: Metrics) -> None:
-    if shutil.which("promtool") is None:
-        if _require_strict():
-            pytest.fail("promtool not installed (scripts/test-host-setup.sh installs prometheus)")
-        pytest.skip("promtool not installed")
+    require_tool("promtool", "scripts/test-host-setup.sh installs prometheus")
     metrics.on_event(
         "s", {"event": "restart", "service": "mas", "by": "systemd", "reason": "systemd Restart="}
     )

@@ -22,6 +22,7 @@ from pathlib import Path
 from typing import Any, TypeVar
 
 import pytest
+from testhost import unavailable
 
 from sparc_agent.probes import (
     ExecSpec,
@@ -517,7 +518,10 @@ def test_grpc_module_imports_h2_lazily() -> None:
 @pytest.fixture(scope="module")
 def grpcio_port() -> Iterator[tuple[int, int]]:
     """(port with a Health service, port with no services at all)"""
-    grpc = pytest.importorskip("grpc")
+    try:
+        import grpc
+    except ImportError:
+        unavailable("grpcio not installed (pip install '.[test]')")
 
     def check(request: bytes, context: Any) -> bytes:
         service = service_of(request)

@@ -15,6 +15,7 @@ import pytest
 import yaml
 from hypothesis import HealthCheck, given, reject, settings
 from hypothesis import strategies as st
+from testhost import unavailable
 
 from sparc_agent.profile.load import ProfileInvalid, load_profile
 from sparc_agent.profile.model import Mount, Profile
@@ -24,10 +25,11 @@ from sparc_agent.versions import Version
 QUADLET = "/usr/libexec/podman/quadlet"
 ROOT = Path(__file__).resolve().parent.parent
 
-pytestmark = pytest.mark.skipif(
-    not Path(QUADLET).exists() and os.environ.get("CI") != "true",
-    reason="no quadlet generator (run scripts/test-host-setup.sh)",
-)
+
+@pytest.fixture(autouse=True)
+def _quadlet_generator() -> None:
+    if not Path(QUADLET).exists():
+        unavailable("no quadlet generator (run scripts/test-host-setup.sh)")
 
 
 def generate(files: dict[str, str], work: Path) -> tuple[dict[str, str], str]:

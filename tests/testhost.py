@@ -36,7 +36,7 @@ import time
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TypeVar
+from typing import NoReturn, TypeVar
 
 import pytest
 
@@ -85,6 +85,23 @@ T = TypeVar("T")
 
 def _require_strict() -> bool:
     return os.environ.get("CI", "").lower() == "true" or os.environ.get("SPARC_REQUIRE_TESTHOST") == "1"
+
+
+def unavailable(msg: str) -> NoReturn:
+    """The one skip rule of every test that needs a part of the test host: a failure under CI or
+    SPARC_REQUIRE_TESTHOST=1 (CI installs everything, so a missing part is a broken CI), else a skip
+    that says what is missing."""
+    if _require_strict():
+        pytest.fail(msg, pytrace=False)
+    pytest.skip(msg)
+
+
+def require_tool(name: str, hint: str = "scripts/test-host-setup.sh installs it") -> str:
+    """The path of a program the test needs, or `unavailable`."""
+    path = shutil.which(name)
+    if path is None:
+        unavailable(f"{name} not installed ({hint})")
+    return path
 
 
 def _version_tuple(text: str) -> tuple[int, ...]:
@@ -157,10 +174,7 @@ def require_testhost() -> None:
     problems = testhost_problems()
     if not problems:
         return
-    msg = "test host not available: " + "; ".join(problems) + " (run scripts/test-host-setup.sh)"
-    if _require_strict():
-        pytest.fail(msg, pytrace=False)
-    pytest.skip(msg)
+    unavailable("test host not available: " + "; ".join(problems) + " (run scripts/test-host-setup.sh)")
 
 
 def pytest_runtest_setup(item: pytest.Item) -> None:

@@ -52,11 +52,11 @@ from testhost import (
     _locked,
     _pid_alive,
     _remove_cgroups,
-    _require_strict,
     podman,
     require_testhost,
     run,
     spawn_manager,
+    unavailable,
 )
 
 ROOT = Path(os.environ.get("TRIXIE_ROOT", "/opt/sparc-trixie-root"))
@@ -130,10 +130,9 @@ def require_trixie() -> None:
     problems = trixie_problems()
     if not problems:
         return
-    msg = "trixie test root not available: " + "; ".join(problems) + " (see scripts/trixie-root-setup.sh)"
-    if _require_strict():
-        pytest.fail(msg, pytrace=False)
-    pytest.skip(msg)
+    unavailable(
+        "trixie test root not available: " + "; ".join(problems) + " (see scripts/trixie-root-setup.sh)"
+    )
 
 
 # --------------------------------------------------------------------------------------------------
