@@ -49,7 +49,7 @@ async def converge(
     result = ConvergeResult(files_written=len(changes.writes), files_removed=len(changes.removes))
     await stop_removed(mgr, changes, log)
     if not changes.empty:
-        write(config_home, store.journal, changes)
+        write(config_home, store.paths.journal, changes)
         timeline.mark(f"{len(changes.writes)} files written, {len(changes.removes)} removed")
     result.reloaded, inputs = await load(mgr, store.paths, profile, files, changes)
     if result.reloaded:

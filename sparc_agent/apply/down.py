@@ -39,8 +39,8 @@ def ours_and_foreign(config_home: Path, stack: str, files: list[str]) -> tuple[l
 
 async def purge(mgr: UserManager, config_home: Path, store: Store, profile: Profile, log: TextIO) -> None:
     """Remove the stack's files (ours only), podman secrets and state directory."""
-    with apply_lock(store.lock_path, True, log):
-        commit.recover(store.journal, config_home)
+    with apply_lock(store.paths.lock, True, log):
+        commit.recover(store.paths.journal, config_home)
         files = sorted({rel for gen in store.all() for rel in gen.meta.files})
         ours, foreign = ours_and_foreign(config_home, profile.name, files)
         for rel in foreign:
@@ -48,7 +48,7 @@ async def purge(mgr: UserManager, config_home: Path, store: Store, profile: Prof
                 f"kept {config_home / rel}: it is no longer sparc-agent's (no header of {profile.name})",
                 file=log,
             )
-        await remove_stack(mgr, config_home, store.journal, profile, ours)
+        await remove_stack(mgr, config_home, store.paths.journal, profile, ours)
         shutil.rmtree(store.root)  # the agent drops a stack whose state is gone
 
 

@@ -50,7 +50,7 @@ async def withdraw(mgr: UserManager, config_home: Path, store: Store, profile: P
     generation's record stays, for `ls` and the logs)."""
     await stop_stack(mgr, profile)
     await remove_stack(
-        mgr, config_home, store.journal, profile, sorted(stack_files_on_disk(config_home, profile.name))
+        mgr, config_home, store.paths.journal, profile, sorted(stack_files_on_disk(config_home, profile.name))
     )
     store.clear_current()
     print(

@@ -158,14 +158,14 @@ async def apply_async(loaded: LoadedProfile, options: ApplyOptions, log: TextIO)
         files = render(profile, options.target or versions.target())
         changes = file_changes(paths.config_home, profile.name, files)
         return ApplyReport(profile.name, None, unified_diff(paths.config_home, changes))
-    with apply_lock(store.lock_path, options.wait_for_lock, log):
+    with apply_lock(store.paths.lock, options.wait_for_lock, log):
         host = await ask_host(profile, options)  # under the lock: what an apply we waited for changed
         async with host.mgr as mgr:
             files = render(profile, host.target)
             changes = file_changes(paths.config_home, profile.name, files)
             report = ApplyReport(profile.name, None, unified_diff(paths.config_home, changes))
             timeline.mark("rendered")
-            if commit.recover(store.journal, paths.config_home):
+            if commit.recover(store.paths.journal, paths.config_home):
                 print("finished the file writes of an interrupted apply", file=log, flush=True)
             store.migrate()
             await refuse_foreign_units(mgr, profile.name, changes.writes)

@@ -61,14 +61,6 @@ class Store:
         self.root = self.paths.root
         self.generations = self.paths.generations
 
-    @property
-    def journal(self) -> Path:
-        return self.paths.journal
-
-    @property
-    def lock_path(self) -> Path:
-        return self.paths.lock
-
     def _load(self, directory: Path) -> Generation:
         return Generation(int(directory.name), directory, read_meta(directory))
 

@@ -16,7 +16,7 @@ from __future__ import annotations
 
 import os
 from collections.abc import Iterator, Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Final
 
@@ -26,41 +26,33 @@ PRIVATE_FILE_MODE: Final = 0o600
 
 @dataclass(frozen=True)
 class StackPaths:
-    """The state files of one stack."""
+    """The state files of one stack (file names in the module docstring)."""
 
     root: Path
+    generations: Path = field(init=False)
+    current: Path = field(init=False)
+    journal: Path = field(init=False)
+    lock: Path = field(init=False)
+    salt: Path = field(init=False)
+    agent_state: Path = field(init=False)
+    inputs: Path = field(init=False)
+
+    def __post_init__(self) -> None:
+        files = {
+            "generations": "generations",
+            "current": "current",
+            "journal": "commit.journal",
+            "lock": "apply.lock",
+            "salt": "secret.salt",
+            "agent_state": "agent-state.json",
+            "inputs": "inputs.json",
+        }
+        for attribute, name in files.items():
+            object.__setattr__(self, attribute, self.root / name)
 
     @property
     def name(self) -> str:
         return self.root.name
-
-    @property
-    def generations(self) -> Path:
-        return self.root / "generations"
-
-    @property
-    def current(self) -> Path:
-        return self.root / "current"
-
-    @property
-    def journal(self) -> Path:
-        return self.root / "commit.journal"
-
-    @property
-    def lock(self) -> Path:
-        return self.root / "apply.lock"
-
-    @property
-    def salt(self) -> Path:
-        return self.root / "secret.salt"
-
-    @property
-    def agent_state(self) -> Path:
-        return self.root / "agent-state.json"
-
-    @property
-    def inputs(self) -> Path:
-        return self.root / "inputs.json"
 
     def current_target(self) -> str | None:
         """Where `current` points (a readlink: what the agent polls to notice a new generation)."""
