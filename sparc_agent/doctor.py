@@ -627,7 +627,7 @@ def check_ports(host: Host, profile: Profile) -> Check:
                 continue
             why = port_in_use(address, port, spec.protocol)
             if why == "in use":
-                busy.append(where)
+                busy.append(f"{where} ({_who_publishes(profile, spec.protocol, port)})")
             elif why is not None:
                 denied.append(f"{where} ({why})")
     if busy and _stack_running(host, profile.name):
@@ -647,6 +647,15 @@ def check_ports(host: Host, profile: Profile) -> Check:
             " or change pod.ports in the profile",
         )
     return ok("ports", f"all {total} published ports are free")
+
+
+def _who_publishes(profile: Profile, protocol: str, port: int) -> str:
+    from sparc_agent.host.sockets import port_holders
+    from sparc_agent.profile.rules import port_publisher
+
+    holders = port_holders(protocol, port)
+    held = f"held by {', '.join(holders)}; " if holders else ""
+    return f"{held}published for {port_publisher(profile, protocol, port)}"
 
 
 def _shorten(items: list[str], limit: int = 6) -> list[str]:

@@ -11,9 +11,9 @@ import time
 from dataclasses import dataclass, field
 from typing import TextIO
 
-from sparc_agent.apply import gpu_budget, timeline
+from sparc_agent.apply import gpu_budget, portclash, timeline
 from sparc_agent.apply.verify import Where, wait_healthy, with_tail
-from sparc_agent.errors import SparcError
+from sparc_agent.errors import JobFailed, SparcError
 from sparc_agent.host.systemd import UserManager
 from sparc_agent.probes.inpod import PodProbers
 from sparc_agent.profile.model import Profile
@@ -82,6 +82,13 @@ class StartStep:
         elif action == "restarted":
             await self.mgr.restart(unit)
 
+    async def _why_start_failed(self, exc: SparcError, unit: str) -> str:
+        """A "dependency" failure blames this unit for what it requires, the pod (whose unit may be
+        inactive rather than failed by now): follow it there."""
+        if isinstance(exc, JobFailed) and exc.result == "dependency":
+            return f"{exc}: " + portclash.pod_failure(self.profile)
+        return with_tail(f"{exc}", unit)
+
     async def bring_up(self, name: str) -> None:
         failed_dep = await self._dependency_failed(name)
         if failed_dep is not None:
@@ -94,7 +101,8 @@ class StartStep:
         try:
             await self._carry_out(unit, action, oneshot)
         except SparcError as exc:
-            self._done(ServiceOutcome(name, action, False, detail=with_tail(f"{exc}", unit)), False, False)
+            detail = await self._why_start_failed(exc, unit)
+            self._done(ServiceOutcome(name, action, False, detail=detail), False, False)
             return
         if action != "unchanged":
             self.acted.add(name)

@@ -277,3 +277,21 @@ def start_order(profile: Profile) -> list[str]:
     for name in profile.services:
         add(name)
     return order
+
+
+def port_publisher(profile: Profile, protocol: str, port: int) -> str:
+    """Who publishes host port `port`/`protocol`: its pod.ports entry and the service probed on it."""
+    index = _published_ports(profile)[0].get((protocol, port))
+    if index is None:
+        return "not in pod.ports"
+    spec = profile.pod.ports[index]
+    services = [
+        name
+        for name, svc in profile.services.items()
+        if svc.health is not None
+        and KINDS[svc.health.kind].transport == protocol
+        and getattr(svc.health.probe, "port", None) == port
+    ]
+    owner = f"service {', '.join(services)}" if services else "the pod (no service probes it)"
+    container = spec.container[0] + port - spec.host[0]
+    return f"{owner}, pod.ports[{index}] -> container port {container}/{protocol}"
