@@ -116,3 +116,29 @@ def test_image_names_compare_normalized() -> None:
     assert doctor._normal("busybox") == "docker.io/library/busybox:latest"
     assert doctor._normal("localhost/sparc/mas-server:latest") == "localhost/sparc/mas-server:latest"
     assert doctor._normal("127.0.0.1:5000/x") == "127.0.0.1:5000/x:latest"
+
+
+def test_ports_check_names_the_publishing_service_and_holder(tmp_path: Path) -> None:
+    """A real socket this test holds (and closes): doctor names who publishes the port and who holds it."""
+    import os
+
+    from sparc_agent.profile.model import Profile
+
+    with socket.socket() as held:
+        held.bind(("127.0.0.1", 0))
+        held.listen()
+        port = held.getsockname()[1]
+        profile = Profile.model_validate(
+            {
+                "apiVersion": "sparc-agent/v1",
+                "name": "demo",
+                "pod": {"ports": [f"{port}:8000"]},
+                "services": {
+                    "mas": {"image": "localhost/mas", "health": {"http": {"port": port, "path": "/"}}}
+                },
+            }
+        )
+        check = doctor.check_ports(host(tmp_path), profile)
+    assert check.status == "fail", check
+    assert f"127.0.0.1:{port}/tcp" in check.message and "service mas, pod.ports[0]" in check.message, check
+    assert f"(pid {os.getpid()})" in check.message, check
