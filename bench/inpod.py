@@ -31,7 +31,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT / "tests"))
 
-import testhost  # noqa: E402 - the test host helpers, shared with the e2e tests
+import support.testhost as testhost  # noqa: E402 - the test host helpers, shared with the e2e tests
 
 from sparc_agent.host.netns import enter_argv  # noqa: E402
 from sparc_agent.probes import run_probe  # noqa: E402

@@ -26,9 +26,9 @@ ROOT = Path(__file__).resolve().parent
 sys.path.insert(0, str(ROOT.parent / "tests"))
 sys.path.insert(0, str(ROOT))
 
-import testhost  # noqa: E402 - the test host helpers, shared with the e2e tests
+import support.testhost as testhost  # noqa: E402 - the test host helpers, shared with the e2e tests
 from recovery import agent, all_healthy, idle_usage  # noqa: E402
-from stackfiles import avatar_profile, sparc, write_profile  # noqa: E402
+from support.stackfiles import avatar_profile, sparc, write_profile  # noqa: E402
 
 
 def scraper(port: int, stop: threading.Event, times: list[float]) -> None:

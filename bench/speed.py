@@ -54,9 +54,9 @@ import yaml
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "tests"))
 
-import testhost
-import trixiehost
-from stackfiles import SPARC_AGENT, avatar_profile, unit_props, write_profile
+import support.testhost as testhost
+import support.trixiehost as trixiehost
+from support.stackfiles import SPARC_AGENT, avatar_profile, unit_props, write_profile
 
 from sparc_agent.probes import ProbeOutcome, run_probe
 from sparc_agent.probes.health import probe_spec
@@ -384,7 +384,7 @@ def trixie_quadlets(mgr: trixiehost.TrixieManager, stack: str, on_failure: str) 
     Each check ends in a plain word: quadlet drops the closing quote of a HealthCmd that ends in one.
     WorkingDir=/ dates from when test host B was a chroot, where `podman exec` (so podman's health
     checks) landed in the host's root and failed to chdir to the image's /app; since the root runs in
-    its own mount namespace (tests/trixiehost.py) the checks run inside the container, from /."""
+    its own mount namespace (tests/support/trixiehost.py) the checks run inside the container, from /."""
     sig, turn = testhost.free_port(), testhost.free_port("udp")
     d = mgr.quadlet_dir
     (d / f"{stack}.pod").write_text(

@@ -1,5 +1,5 @@
 #!/usr/bin/env python3
-"""The webrtc probe, measured on the real media path (tests/medianet.py: coturn, the URS signaling
+"""The webrtc probe, measured on the real media path (tests/support/medianet.py: coturn, the URS signaling
 and aiortc renderer stand-ins in one network namespace, the probe in another).
 
 Prints, as medians of --runs interleaved runs:
@@ -27,7 +27,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT / "tests"))
 
-from medianet import SIGNALING_PORT, TURN_PORT, MediaNet, media_net  # noqa: E402
+from support.medianet import SIGNALING_PORT, TURN_PORT, MediaNet, media_net  # noqa: E402
 
 ONE = """
 import asyncio, json, resource, sys, time

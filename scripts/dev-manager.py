@@ -6,7 +6,8 @@
     dev-manager.py stop NAME    stop it (its units and containers stop with it) and remove its directories
 
 On a real machine (PubApps) the login session already has a user manager: do not use this.
-Built on the test host's helpers (tests/testhost.py), so the tests and this script start managers alike.
+Built on the test host's helpers (tests/support/testhost.py), so the tests and this script start
+managers alike.
 """
 
 from __future__ import annotations
@@ -19,7 +20,7 @@ import sys
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "tests"))
-import testhost
+import support.testhost as testhost
 
 STATE = Path("/run/sparc-dev-managers")
 

@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # test-host-setup.sh — make a Debian 12 (bookworm) machine a sparc-agent test host.
 #
-# Installs what the e2e tests need (see docs in /work/shared/test-host.md, mirrored by tests/testhost.py):
+# Installs what the e2e tests need (see docs in /work/shared/test-host.md, mirrored by tests/support/testhost.py):
 #   * podman 4.3.1 + runc/crun/conmon/catatonit/netavark/aardvark-dns/slirp4netns/fuse-overlayfs/uidmap,
 #     busybox-static, dbus-user-session, python3-systemd, shellcheck, docker-registry (pull tests),
 #     prometheus + nginx (metrics and proxy tests), slurm-wlm/slurmctld/slurmd/slurm-client/munge (SLURM tests), mmdebstrap (stand-in images),

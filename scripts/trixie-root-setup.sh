@@ -11,7 +11,7 @@
 #
 # Env: TRIXIE_ROOT (default /opt/sparc-trixie-root), DEBIAN_MIRROR (default: the machine's apt mirror).
 # Inside: `chroot $TRIXIE_ROOT env PODMAN_IGNORE_CGROUPSV1_WARNING=1 podman ...`. Start user managers
-# exactly like tests/testhost.py does, in their own cgroup subtree (without one, systemd --user moves every
+# exactly like tests/support/testhost.py does, in their own cgroup subtree (without one, systemd --user moves every
 # process of the machine, PID 1 included, into /init.scope).
 set -euo pipefail
 

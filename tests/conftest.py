@@ -4,9 +4,11 @@ from pathlib import Path
 
 import pytest
 
-# the real test host (user managers, quadlet, podman): fixtures in tests/testhost.py
+# the real test host (user managers, quadlet, podman): fixtures in tests/support/
 pytest_plugins = (
-    ["testhost", "trixiehost", "rootless"] if (Path(__file__).parent / "testhost.py").exists() else []
+    ["support.testhost", "support.trixiehost", "support.rootless"]
+    if (Path(__file__).parent / "support" / "testhost.py").exists()
+    else []
 )
 
 

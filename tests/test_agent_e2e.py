@@ -14,8 +14,8 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from stackfiles import SPARC_AGENT, avatar_profile, sparc, status, unit_props, write_profile
-from testhost import UserManager, podman, wait_for
+from support.stackfiles import SPARC_AGENT, avatar_profile, sparc, status, unit_props, write_profile
+from support.testhost import UserManager, podman, wait_for
 
 from sparc_agent.agent.runner import BUS_RESTARTED
 
@@ -298,7 +298,7 @@ def test_each_probe_kind_passes_healthy_and_fails_broken(
 ) -> None:
     import asyncio
 
-    from testhost import free_port
+    from support.testhost import free_port
 
     import sparc_agent.probes as ps
     from sparc_agent.probes import ProbeOutcome, run_probe

@@ -18,7 +18,8 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from stackfiles import sparc, unit_props, write_profile
+from support.stackfiles import sparc, unit_props, write_profile
+from support.testhost import UserManager, podman, wait_for
 from test_agent_e2e import (
     FAST_RESTART,
     AgentProc,
@@ -29,7 +30,6 @@ from test_agent_e2e import (
     unit,
     wait_states,
 )
-from testhost import UserManager, podman, wait_for
 
 pytestmark = [pytest.mark.e2e, pytest.mark.slow]
 

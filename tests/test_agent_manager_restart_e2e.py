@@ -13,9 +13,9 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from stackfiles import status, unit_props
+from support.stackfiles import status, unit_props
+from support.testhost import UserManager, restart_manager, wait_for
 from test_agent_e2e import agent, agent_state, all_healthy, applied, states, unit, wait_states
-from testhost import UserManager, restart_manager, wait_for
 
 from sparc_agent.agent.runner import MANAGER_RESTARTED
 

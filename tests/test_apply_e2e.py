@@ -7,9 +7,9 @@ import time
 from pathlib import Path
 
 import pytest
-from stackfiles import avatar_profile, sparc, status, unit_props, write_profile
-from testhost import UserManager
-from trixiehost import NETWORK, ApplyHost, TrixieManager
+from support.stackfiles import avatar_profile, sparc, status, unit_props, write_profile
+from support.testhost import UserManager
+from support.trixiehost import NETWORK, ApplyHost, TrixieManager
 
 pytestmark = [pytest.mark.e2e, pytest.mark.slow]
 
@@ -174,7 +174,7 @@ def test_two_applies_do_not_interleave(
 ) -> None:
     import subprocess
 
-    from stackfiles import SPARC_AGENT
+    from support.stackfiles import SPARC_AGENT
 
     mgr = user_manager
     profile = write_profile(avatar_profile(mgr, tmp_path), tmp_path / "p.yaml")

@@ -18,8 +18,8 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from stackfiles import SPARC_AGENT, avatar_profile, sparc, unit_props, write_profile
-from testhost import UserManager, podman
+from support.stackfiles import SPARC_AGENT, avatar_profile, sparc, unit_props, write_profile
+from support.testhost import UserManager, podman
 
 pytestmark = [pytest.mark.e2e, pytest.mark.slow]
 

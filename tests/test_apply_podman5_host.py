@@ -5,7 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
-import trixiehost
+import support.trixiehost as trixiehost
 
 
 @pytest.mark.unit

@@ -7,8 +7,8 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from stackfiles import sparc, unit_props, write_profile
-from testhost import UserManager
+from support.stackfiles import sparc, unit_props, write_profile
+from support.testhost import UserManager
 
 pytestmark = [pytest.mark.e2e]
 

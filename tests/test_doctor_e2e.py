@@ -17,8 +17,8 @@ from typing import Any
 
 import pytest
 import yaml
-from rootless import RootlessUser
-from testhost import REPO, free_port
+from support.rootless import RootlessUser
+from support.testhost import REPO, free_port
 
 pytestmark = [pytest.mark.e2e, pytest.mark.slow]
 

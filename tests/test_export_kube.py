@@ -12,7 +12,16 @@ import kubernetes_validate
 import pytest
 import yaml
 from click.testing import CliRunner
-from testhost import free_port, grpc_health, http_get, podman, run, stun_binding, wait_for, ws_handshake
+from support.testhost import (
+    free_port,
+    grpc_health,
+    http_get,
+    podman,
+    run,
+    stun_binding,
+    wait_for,
+    ws_handshake,
+)
 
 from sparc_agent.cli.export import export
 from sparc_agent.export.kube import KubeOptions, export_kube, k8s_literal

@@ -14,7 +14,7 @@ from pathlib import Path
 
 import pytest
 from click.testing import CliRunner
-from testhost import WS_GUID, free_port, http_get, require_tool, wait_tcp, ws_handshake
+from support.testhost import WS_GUID, free_port, http_get, require_tool, wait_tcp, ws_handshake
 
 from sparc_agent.cli.export import export
 from sparc_agent.errors import InvalidInput

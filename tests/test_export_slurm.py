@@ -12,8 +12,8 @@ from typing import Any
 import pytest
 import yaml
 from click.testing import CliRunner
-from slurmhost import SlurmCluster, slurm_cluster_fixture  # noqa: F401 - provides `slurm_cluster`
-from testhost import (
+from support.slurmhost import SlurmCluster, slurm_cluster_fixture  # noqa: F401 - provides `slurm_cluster`
+from support.testhost import (
     free_port,
     grpc_health,
     http_get,

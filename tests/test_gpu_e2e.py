@@ -8,8 +8,8 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from stackfiles import sparc, status, write_profile
-from testhost import BB_IMAGE, UserManager
+from support.stackfiles import sparc, status, write_profile
+from support.testhost import BB_IMAGE, UserManager
 
 pytestmark = [pytest.mark.e2e]
 

@@ -17,9 +17,9 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from stackfiles import sparc, status, unit_props, write_profile
+from support.stackfiles import sparc, status, unit_props, write_profile
+from support.testhost import UserManager, free_port, podman, wait_for
 from test_agent_e2e import FAST_RESTART, agent, states
-from testhost import UserManager, free_port, podman, wait_for
 
 pytestmark = [pytest.mark.e2e, pytest.mark.slow]
 
@@ -200,8 +200,8 @@ asyncio.run(main(sys.argv[1], int(sys.argv[2])))
 
 
 def test_rootless_prober_joins_the_users_pod(make_rootless_user: Any) -> None:
+    from support.testhost import BB_IMAGE, REPO, build_standin_images
     from test_install_e2e import ensure_tun_for_users
-    from testhost import BB_IMAGE, REPO, build_standin_images
 
     ensure_tun_for_users()
     build_standin_images()

@@ -1,7 +1,7 @@
 """install.sh from a clean clone, as a non-root user with its own user manager (rootless podman).
 
-The "Rootless" recipe of /work/shared/test-host.md (tests/rootless.py): a fresh user, its images imported
-into its own store, `install.sh` run from `git clone` of this repository, the agent started by
+The "Rootless" recipe of /work/shared/test-host.md (tests/support/rootless.py): a fresh user, its
+images imported into its own store, `install.sh` run from `git clone` of this repository, the agent started by
 `systemctl --user start sparc-agent`, then a second install (a no-op) and `--uninstall`.
 """
 
@@ -17,9 +17,9 @@ from typing import Any
 
 import pytest
 import yaml
-from rootless import RootlessUser
-from stackfiles import avatar_profile
-from testhost import REPO, wait_for
+from support.rootless import RootlessUser
+from support.stackfiles import avatar_profile
+from support.testhost import REPO, wait_for
 
 pytestmark = [pytest.mark.e2e, pytest.mark.slow]
 

@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 from click.testing import CliRunner
-from testhost import require_tool
+from support.testhost import require_tool
 
 from sparc_agent.cli.main import main
 from sparc_agent.profile.model import Profile

@@ -9,7 +9,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from testhost import require_tool
+from support.testhost import require_tool
 
 from sparc_agent.agent.metrics import Metrics, MetricsConfig, read_config, restart_reason, serve
 from sparc_agent.agent.supervisor import ServiceMachine, ServicePlan, State, UnitView

@@ -13,8 +13,8 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from support.testhost import UserManager, free_port, podman, wait_for
 from test_agent_e2e import agent, all_healthy, applied, wait_states
-from testhost import UserManager, free_port, podman, wait_for
 
 pytestmark = [pytest.mark.e2e, pytest.mark.slow]
 

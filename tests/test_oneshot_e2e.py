@@ -7,10 +7,10 @@ from __future__ import annotations
 from typing import Any
 
 import pytest
-from stackfiles import sparc, status, write_profile
+from support.stackfiles import sparc, status, write_profile
+from support.testhost import BB_IMAGE, UserManager, free_port, http_get, wait_for
+from support.trixiehost import ApplyHost
 from test_agent_e2e import agent, agent_state
-from testhost import BB_IMAGE, UserManager, free_port, http_get, wait_for
-from trixiehost import ApplyHost
 
 pytestmark = [pytest.mark.e2e]
 

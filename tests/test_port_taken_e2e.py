@@ -9,8 +9,8 @@ import socket
 from pathlib import Path
 
 import pytest
-from stackfiles import sparc, write_profile
-from testhost import BB_IMAGE, UserManager, free_port
+from support.stackfiles import sparc, write_profile
+from support.testhost import BB_IMAGE, UserManager, free_port
 
 pytestmark = [pytest.mark.e2e]
 

@@ -22,7 +22,7 @@ from pathlib import Path
 from typing import Any, TypeVar
 
 import pytest
-from testhost import unavailable
+from support.testhost import unavailable
 
 from sparc_agent.probes import (
     ExecSpec,

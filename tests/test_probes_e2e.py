@@ -7,9 +7,9 @@ import os
 from collections.abc import Iterator
 
 import pytest
-from stackfiles import sparc, write_profile
-from testhost import podman
-from trixiehost import ApplyHost
+from support.stackfiles import sparc, write_profile
+from support.testhost import podman
+from support.trixiehost import ApplyHost
 
 from sparc_agent.probes import ExecSpec, ProbeOutcome, run_probe
 

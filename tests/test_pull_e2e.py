@@ -1,8 +1,8 @@
 """apply pulls missing images itself, before it writes or starts anything: against a real local registry.
 
 On both hosts (apply_host: bookworm = podman 4.3.1, trixie = podman 5.4), with Debian's docker-registry on
-127.0.0.1 (tests/registry.py) and a registries.conf marking it insecure, passed to `sparc-agent apply` in
-CONTAINERS_REGISTRIES_CONF as a user would.
+127.0.0.1 (tests/support/registry.py) and a registries.conf marking it insecure, passed to
+`sparc-agent apply` in CONTAINERS_REGISTRIES_CONF as a user would.
 """
 
 from __future__ import annotations
@@ -14,10 +14,10 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from registry import REGISTRY, LocalRegistry, local_registry
-from stackfiles import avatar_profile, sparc, status, unit_props, write_profile
-from testhost import require_testhost, unavailable
-from trixiehost import ApplyHost
+from support.registry import REGISTRY, LocalRegistry, local_registry
+from support.stackfiles import avatar_profile, sparc, status, unit_props, write_profile
+from support.testhost import require_testhost, unavailable
+from support.trixiehost import ApplyHost
 
 pytestmark = [pytest.mark.e2e, pytest.mark.slow]
 

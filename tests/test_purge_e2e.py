@@ -7,8 +7,8 @@ import stat
 from pathlib import Path
 
 import pytest
-from stackfiles import avatar_profile, sparc, unit_props, write_profile
-from testhost import UserManager, podman
+from support.stackfiles import avatar_profile, sparc, unit_props, write_profile
+from support.testhost import UserManager, podman
 
 pytestmark = [pytest.mark.e2e]
 

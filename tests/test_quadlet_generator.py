@@ -15,7 +15,7 @@ import pytest
 import yaml
 from hypothesis import HealthCheck, given, reject, settings
 from hypothesis import strategies as st
-from testhost import unavailable
+from support.testhost import unavailable
 
 from sparc_agent.profile.load import ProfileInvalid, load_profile
 from sparc_agent.profile.model import Mount, Profile

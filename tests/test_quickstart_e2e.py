@@ -18,7 +18,7 @@ import time
 from pathlib import Path
 
 import pytest
-from testhost import PATH, REPO, _pid_alive, podman, run, wait_for
+from support.testhost import PATH, REPO, _pid_alive, podman, run, wait_for
 
 pytestmark = [pytest.mark.e2e, pytest.mark.slow]
 

@@ -7,8 +7,8 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from stackfiles import avatar_profile, sparc, write_profile
-from testhost import UserManager, podman
+from support.stackfiles import avatar_profile, sparc, write_profile
+from support.testhost import UserManager, podman
 
 pytestmark = [pytest.mark.e2e, pytest.mark.slow]
 

@@ -5,8 +5,8 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
-from stackfiles import avatar_profile, sparc, write_profile
-from testhost import UserManager, free_port, http_get, podman
+from support.stackfiles import avatar_profile, sparc, write_profile
+from support.testhost import UserManager, free_port, http_get, podman
 
 pytestmark = [pytest.mark.e2e, pytest.mark.slow]
 

@@ -1,6 +1,6 @@
 """sparc_agent.host.systemd against real, private `systemd --user` managers (see shared/test-host.md).
 
-Each e2e test gets its own manager (the `user_manager` fixture of tests/testhost.py).
+Each e2e test gets its own manager (the `user_manager` fixture of tests/support/testhost.py).
 """
 
 from __future__ import annotations
@@ -14,7 +14,7 @@ from pathlib import Path
 from typing import Any, TypeVar
 
 import pytest
-import testhost
+import support.testhost as testhost
 
 from sparc_agent.errors import (
     EnvironmentProblem,
@@ -35,7 +35,7 @@ def run(coro: Coroutine[Any, Any, T]) -> T:
 
 
 # ---------------------------------------------------------------- a private user manager per test
-# `user_manager` (tests/testhost.py) gives each test its own `systemd --user` in its own cgroup
+# `user_manager` (tests/support/testhost.py) gives each test its own `systemd --user` in its own cgroup
 # subtree and XDG dirs, and stops it by PID at teardown whatever the test did.
 
 

@@ -9,8 +9,8 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-import testhost
-from testhost import (
+import support.testhost as testhost
+from support.testhost import (
     BB_IMAGE,
     UserManager,
     free_port,

@@ -16,9 +16,9 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from stackfiles import avatar_profile, sparc, write_profile
+from support.stackfiles import avatar_profile, sparc, write_profile
+from support.testhost import UserManager, wait_for
 from test_agent_e2e import agent, all_healthy, wait_states
-from testhost import UserManager, wait_for
 
 pytestmark = [pytest.mark.e2e, pytest.mark.slow]
 

@@ -14,8 +14,8 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from medianet import SIGNALING_PORT, TURN_PORT, MediaNet, available, media_net
-from testhost import unavailable
+from support.medianet import SIGNALING_PORT, TURN_PORT, MediaNet, available, media_net
+from support.testhost import unavailable
 
 from sparc_agent.agent.runner import apart_view
 from sparc_agent.agent.supervisor import ServiceMachine, State, UnitView, plan_from_profile

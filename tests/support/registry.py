@@ -19,7 +19,7 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
-from testhost import free_port, podman, wait_for
+from support.testhost import free_port, podman, wait_for
 
 REGISTRY = Path("/usr/bin/docker-registry")
 

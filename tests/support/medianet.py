@@ -18,7 +18,7 @@ from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
-ROOT = Path(__file__).resolve().parent.parent
+ROOT = Path(__file__).resolve().parents[2]
 STANDIN = ROOT / "images" / "standin"
 RELAY_MIN, RELAY_MAX = 49152, 49200
 TURN_PORT, SIGNALING_PORT = 3478, 8080  # inside our own namespace: no clash with other tests

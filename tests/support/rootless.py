@@ -29,7 +29,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import pytest
-from testhost import (
+
+from support.testhost import (
     PATH,
     STANDIN_IMAGES,
     SYSTEMD,

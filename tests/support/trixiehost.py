@@ -44,7 +44,8 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
-from testhost import (
+
+from support.testhost import (
     REPO,
     SHARED_STATE,
     UserManager,
@@ -86,13 +87,13 @@ CONF_OVERRIDE = "/etc/containers/sparc-agent-tests/containers.conf"  # inside th
 NETWORK = "sparc5"
 NETWORK_SUBNET = "10.89.77.0/24"
 CONFIG_FILES = {
-    STORAGE_CONF: """# written by tests/trixiehost.py
+    STORAGE_CONF: """# written by tests/support/trixiehost.py
 [storage]
 driver = "overlay"
 runroot = "/run/containers/storage-sparc-tests"
 graphroot = "/var/lib/containers/storage-sparc-tests"
 """,
-    CONF_OVERRIDE: f"""# written by tests/trixiehost.py (CONTAINERS_CONF_OVERRIDE: read after /etc's)
+    CONF_OVERRIDE: f"""# written by tests/support/trixiehost.py (CONTAINERS_CONF_OVERRIDE: read after /etc's)
 [engine]
 tmp_dir = "/run/libpod-sparc-tests"
 [network]

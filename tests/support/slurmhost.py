@@ -19,7 +19,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import pytest
-from testhost import free_port, unavailable, wait_for
+
+from support.testhost import free_port, unavailable, wait_for
 
 DAEMONS = ("munged", "slurmctld", "slurmd", "sbatch", "sinfo", "scancel", "squeue")
 

@@ -40,7 +40,7 @@ from typing import NoReturn, TypeVar
 
 import pytest
 
-REPO = Path(__file__).resolve().parent.parent
+REPO = Path(__file__).resolve().parents[2]
 QUADLET = Path("/usr/libexec/podman/quadlet")
 SYSTEMD = Path("/lib/systemd/systemd")
 JOURNALD = Path("/lib/systemd/systemd-journald")
@@ -66,7 +66,7 @@ STANDIN_IMAGES = {
 
 # quadlet 5 runs "podman volume|network create --ignore NAME"; podman < 4.4 has no --ignore.
 PODMAN_COMPAT = r"""#!/bin/bash
-# written by tests/testhost.py: podman < 4.4 lacks "volume|network create --ignore" that quadlet 5 uses
+# written by tests/support/testhost.py: podman < 4.4 lacks "volume|network create --ignore"
 if [[ ($1 == volume || $1 == network) && $2 == create ]]; then
   args=(); ign=0
   for a in "$@"; do if [[ $a == --ignore ]]; then ign=1; else args+=("$a"); fi; done

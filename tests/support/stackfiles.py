@@ -9,7 +9,8 @@ from pathlib import Path
 from typing import Any
 
 import yaml
-from testhost import UserManager, free_port
+
+from support.testhost import UserManager, free_port
 
 SPARC_AGENT = [sys.executable, "-m", "sparc_agent.cli.main"]
 
