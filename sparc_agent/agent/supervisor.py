@@ -601,14 +601,15 @@ class ServiceMachine:
             return None
         if self._owed_start:
             return Action(Act.START, self.reason, 0)
+        if unit.active_state == "inactive" and self._episode_counted and not self._holding:
+            # systemd's restart job is queued (NRestarts ticked in this episode): its start comes next,
+            # even when systemd 252 shows the unit inactive/dead with result "success" on the way
+            return None
         if unit.active_state == "inactive" and unit.result in ("", "success") and not self._holding:
-            # not failed, not restarting, not held by us: someone stopped it meanwhile (systemd 252 shows
-            # a crash on its way from auto-restart to the new start as inactive/dead with its result)
+            # not failed, not restarting, not held by us: someone stopped it meanwhile
             self.backoff_until = None
             self._to(State.STOPPED, now, "stopped (not by the agent)")
             return None
-        if unit.active_state == "inactive" and self._episode_counted and not self._holding:
-            return None  # systemd's restart job is queued (NRestarts ticked): its start comes next
         if self._budget_spent(now):
             self._fatal_budget(now, "")
             return None
