@@ -95,7 +95,7 @@ def test_hang_is_confirmed_after_retries_then_restarted_at_once() -> None:
     assert m.next_probe_at == pytest.approx(3.5)
     assert m.state is State.BACKOFF and m.backoff_until == pytest.approx(3.1)  # the first: no backoff
     action = m.due(3.1)
-    assert action == Action(Act.RESTART, "unhealthy: timed out after 1s", 1, kill_after=2.0)
+    assert action == Action(Act.RESTART, "unhealthy: timed out after 1s", 1, kill_after=0.0)  # hung: no grace
     assert m.due(5.6) is None  # busy: never two at once
     m.on_action_done(action, True, 6.2)
     assert m.state is State.STARTING and m.restarts_in_window(6.2) == 1
@@ -429,6 +429,30 @@ def unhealthy_restart_due(m: ServiceMachine, t: float) -> Action:
     return action
 
 
+def test_a_restarted_service_is_probed_sooner_but_its_failures_count_no_faster() -> None:
+    """After a restart the container answers within ms of its start job: retry after 50 ms, doubling up
+    to the fast interval (0.5 s), so HEALTHY follows at once; a failure counts at most every 0.5 s."""
+    refused = ProbeView("failed", 0.002, "connection refused")
+    for answers_at in (3, None):  # it answers at the 4th probe, or never
+        m = healthy_machine()
+        m.on_action_done(unhealthy_restart_due(m, 3.0), True, 14.0)
+        assert m.state is State.STARTING and m.next_probe_at == 14.0
+        gaps = []
+        while m.state is State.STARTING:
+            t = m.next_probe_at
+            assert t is not None
+            if len(gaps) == answers_at:
+                m.on_probe(OK, t)
+                break
+            m.on_probe(refused, t)
+            gaps.append(round(m.next_probe_at - t, 3) if m.next_probe_at is not None else None)
+        if answers_at is not None:
+            assert gaps == [0.048, 0.098, 0.198] and m.state is State.HEALTHY
+        else:  # retries 2: the second failure that counts comes 0.75 s after the first, not sooner
+            assert gaps[:4] == [0.048, 0.098, 0.198, 0.398] and m.state is State.BACKOFF
+            assert m.reason.startswith("unhealthy") and m.fails == 2 and len(gaps) == 5
+
+
 def test_a_cancelled_restart_leaves_nothing_in_flight_and_is_counted_once_it_shows() -> None:
     m = healthy_machine()
     action = unhealthy_restart_due(m, 3.0)
@@ -471,12 +495,22 @@ def test_a_cancelled_hold_owes_a_start() -> None:
 
 
 class FakeManager:
-    """The calls an action makes, answering with `exc` or, with `release`, once it is set."""
+    """The calls an action makes, answering with `exc` or, with `release`, once it is set. The unit
+    runs `main_pid`; after a restart began, the unit reads as `after_restart`, one state a read."""
 
-    def __init__(self, exc: BaseException | None = None) -> None:
+    def __init__(self, exc: BaseException | None = None, main_pid: int = 0) -> None:
         self.exc = exc
         self.release = asyncio.Event()
         self.calls: list[str] = []
+        self.main_pid = main_pid
+        self.after_restart = ["deactivating"]
+
+    async def unit_state(self, unit: str) -> UnitView:
+        state = "active"
+        if "restart" in self.calls:
+            state = self.after_restart.pop(0) if len(self.after_restart) > 1 else self.after_restart[0]
+            self.calls.append(f"saw {state}")
+        return UnitView(state, "running", "success", 0, self.main_pid if state == "active" else 0, "a")
 
     async def _job(self, verb: str) -> str:
         self.calls.append(verb)
@@ -498,12 +532,12 @@ class FakeManager:
         self.calls.append(f"kill {sig} {whom}")
 
 
-def runner_with_machine(tmp_path: Any) -> tuple[Any, ServiceMachine]:
+def runner_with_machine(tmp_path: Any, stop_grace: float = 0.05) -> tuple[Any, ServiceMachine]:
     from sparc_agent.agent.runner import Agent, AgentOptions, StackRunner
     from sparc_agent.state.paths import Paths
 
     agent = Agent(AgentOptions(log_format="json"), Paths.from_env({"XDG_STATE_HOME": str(tmp_path)}))
-    runner = StackRunner(tmp_path, StackPlan("s", 1, (plan(stop_grace=0.05),)), agent)
+    runner = StackRunner(tmp_path, StackPlan("s", 1, (plan(stop_grace=stop_grace),)), agent)
     runner.carry_over(None, systemd_grows_delay=False)
     m = runner.machines["web"]
     m.adopt_running(running(), 0.0)
@@ -534,11 +568,47 @@ def test_an_action_outlives_the_session_that_awaited_it(tmp_path: Any) -> None:
         session.cancel()  # a new generation of another stack, a reload
         with contextlib.suppress(asyncio.CancelledError):
             await session
-        assert m.busy and mgr.calls == ["restart", f"kill {signal.SIGKILL} all"]  # hung: killed
+        # hung, no container process known: all the unit's processes get SIGKILL, once the stop began
+        assert m.busy and mgr.calls == ["restart", "saw deactivating", f"kill {signal.SIGKILL} all"]
         mgr.release.set()
         await asyncio.sleep(0.05)
 
     asyncio.run(session_ends_meanwhile())
+    assert not m.busy and m.state is State.STARTING and m.restarts_total == 1
+
+
+def test_a_hung_restart_kills_the_container_processes_once_the_stop_began_and_not_podman(
+    tmp_path: Any,
+) -> None:
+    """stop_grace 0: SIGKILL at once for the container's processes (under conmon, the unit's MainPID),
+    but only when systemd shows the stop begun (a kill before would be a crash, restarted by systemd
+    and counted twice); never KillUnit, whose SIGKILL would hit podman's own stop command too."""
+    from test_payload import alive, fake_conmon, wait_dead
+
+    runner, m = runner_with_machine(tmp_path, stop_grace=0.0)
+    action = unhealthy_restart_due(m, 3.0)
+    with fake_conmon() as (conmon, sh, sleep):
+
+        class Watching(FakeManager):
+            async def unit_state(self, unit: str) -> UnitView:
+                view = await super().unit_state(unit)
+                if "restart" in self.calls:
+                    self.calls.append(f"app alive {alive(sleep)}")
+                return view
+
+        mgr = Watching(main_pid=conmon)
+        mgr.after_restart = ["active", "active", "deactivating"]
+
+        async def restart() -> None:
+            task = asyncio.create_task(runner._act(mgr, m, action))
+            assert await asyncio.to_thread(wait_dead, sh, sleep)
+            mgr.release.set()
+            await task
+
+        asyncio.run(restart())
+        assert alive(conmon)
+    alive_until_stop = ["saw active", "app alive True"] * 2 + ["saw deactivating", "app alive True"]
+    assert mgr.calls == ["restart", *alive_until_stop]  # killed after that, and no KillUnit
     assert not m.busy and m.state is State.STARTING and m.restarts_total == 1
 
 

@@ -49,6 +49,7 @@ from sparc_agent.agent.supervisor import (
     UnitView,
 )
 from sparc_agent.errors import ManagerDisconnected, NoUserManager, SparcError
+from sparc_agent.host.payload import Payload
 from sparc_agent.host.process import spawn
 from sparc_agent.host.systemd import UnitState, UserManager
 from sparc_agent.state.files import write_atomic
@@ -62,6 +63,9 @@ RESYNC_S: Final = 60.0  # re-read every unit over D-Bus, in case a signal was mi
 RECONNECT_MAX_S: Final = 5.0
 STATE_WRITE_MIN_S: Final = 0.2  # coalesce state-file writes
 HEARTBEAT_S: Final = 10.0  # rewrite the state file this often even without changes (fresh `updated`)
+# a restart's kill waits for systemd to begin the stop (its job runs at idle priority), this often, this long
+STOP_BEGIN_POLL_S: Final = 0.01
+STOP_BEGIN_MAX_S: Final = 1.0
 
 # the user bus (dbus-broker.service is an alias of it where it is the bus)
 BUS_UNIT: Final = "dbus.service"
@@ -341,7 +345,7 @@ class StackRunner:
     async def _carry_out(self, mgr: UserManager, m: ServiceMachine, action: Action) -> None:
         ok, detail, cancelled = True, "", True
         try:
-            await self._io(mgr, m.plan, action)
+            await self._io(mgr, m, action)
             cancelled = False
         except ManagerDisconnected:
             pass  # cancelled: the next snapshot of the unit tells what happened
@@ -357,29 +361,63 @@ class StackRunner:
             self.flush(m)
             self._poke(m.plan.name)
 
-    async def _io(self, mgr: UserManager, svc: ServicePlan, action: Action) -> None:
+    async def _io(self, mgr: UserManager, m: ServiceMachine, action: Action) -> None:
+        svc = m.plan
         if action.act is Act.RESTART:
-            await self._restart(mgr, svc, action.kill_after)
+            await self._restart(mgr, m, action.kill_after)
         elif action.act is Act.START:
             await mgr.start(svc.unit)
         else:  # HOLD, STOP
             await mgr.stop(svc.unit)
 
-    async def _restart(self, mgr: UserManager, svc: ServicePlan, kill_after: float) -> None:
-        """RestartUnit; if the stop hangs (a frozen process ignores SIGTERM), SIGKILL the unit's processes."""
-        job = asyncio.ensure_future(mgr.restart(svc.unit))
-        done, _ = await asyncio.wait({job}, timeout=kill_after)
-        if not done:
-            self.agent.log.warning(
-                "kill",
-                stack=self.stack,
-                service=svc.name,
-                reason=f"stop took longer than {kill_after:g}s",
-                signal="SIGKILL",
-            )
+    async def _restart(self, mgr: UserManager, m: ServiceMachine, kill_after: float) -> None:
+        """RestartUnit; if the stop takes longer than `kill_after` (a frozen process never acts on the
+        SIGTERM of podman's stop, which then waits its 10 s stop timeout), SIGKILL the container's own
+        processes, taken before the stop: never podman's stop command, which then completes at once."""
+        svc = m.plan
+        with Payload(await self._main_pid(mgr, svc.unit)) as payload:
+            t0 = mono()
+            job = asyncio.ensure_future(mgr.restart(svc.unit))
+            await asyncio.wait({job}, timeout=kill_after)
+            # a kill before systemd began the stop would be a crash (Restart=, counted twice): wait for it
+            while not job.done() and mono() - t0 < kill_after + STOP_BEGIN_MAX_S:
+                if await self._stop_began(mgr, svc.unit):
+                    break
+                await asyncio.wait({job}, timeout=STOP_BEGIN_POLL_S)
+            if not job.done():
+                await self._kill(mgr, svc, payload, f"stop not done after {kill_after:g}s")
+            await job
+
+    @staticmethod
+    async def _main_pid(mgr: UserManager, unit: str) -> int:
+        """The unit's main process now (0: none, or unknown): read fresh, a kill must not go astray."""
+        try:
+            state = await mgr.unit_state(unit)
+        except SparcError:
+            return 0
+        return state.main_pid if state.active_state == "active" else 0
+
+    @staticmethod
+    async def _stop_began(mgr: UserManager, unit: str) -> bool:
+        """The restart job left `active` (systemd runs queued jobs at idle priority, after the reply)."""
+        try:
+            return (await mgr.unit_state(unit)).active_state != "active"
+        except SparcError:
+            return True  # cannot tell: the job's own outcome decides
+
+    async def _kill(self, mgr: UserManager, svc: ServicePlan, payload: Payload, reason: str) -> None:
+        killed = payload.kill()
+        if not killed:  # no container process known (or left): the unit's processes, podman's included
             with contextlib.suppress(SparcError):
                 await mgr.kill(svc.unit, signal.SIGKILL, "all")
-        await job
+        self.agent.log.warning(
+            "kill",
+            stack=self.stack,
+            service=svc.name,
+            reason=reason,
+            signal="SIGKILL",
+            whom=f"{killed} container processes" if killed else "all the unit's processes",
+        )
 
     def flush(self, m: ServiceMachine) -> None:
         """The machine's events to the journal and the listeners; a recovery pokes `healthy` dependents."""

@@ -22,7 +22,8 @@ and `StartLimitBurst=max_restarts+1` within `StartLimitIntervalSec=window` (the 
 Probe timing follows kubelet (interval between probe starts, jitter before the first), except that a
 failing or starting service is re-probed every `min(interval, FAST_INTERVAL_S)`, like Envoy's
 `unhealthy_edge_interval`: a hang is confirmed in about `retries * timeout`, not `retries * interval`,
-while a healthy service still costs one probe per interval.
+while a healthy service still costs one probe per interval. A starting one is re-probed sooner still
+(FIRST_RETRY_S, doubling), so HEALTHY follows a restart within ms; those retries count no more often.
 """
 
 from __future__ import annotations
@@ -42,9 +43,12 @@ if TYPE_CHECKING:  # the model (pydantic) stays out of the agent process: plans 
 
 # a starting or failing service is probed this often (at most every `interval`)
 FAST_INTERVAL_S = 0.5
+# ... a starting one first this soon after a failed probe, twice as long each time up to FAST_INTERVAL_S:
+# a restarted container answers a few ms after its start job ends, and HEALTHY should follow at once
+FIRST_RETRY_S = 0.05
 # at most this much random delay before an adopted service's first probe (kubelet jitters too)
 MAX_JITTER_S = 1.0
-# a restart whose stop takes longer gets SIGKILL (a restart for another reason than a hang: a dependency's)
+# a restart for another reason than a hang (a dependency's) SIGKILLs the container after this long
 KILL_AFTER_S = 2.0
 
 
@@ -152,7 +156,7 @@ class Action:
     reason: str
     attempt: int
     dependency: str = ""  # a restart because this `healthy` dependency recovered: not a crash of ours
-    kill_after: float = KILL_AFTER_S  # RESTART: SIGKILL the unit's processes if the stop takes longer
+    kill_after: float = KILL_AFTER_S  # RESTART: SIGKILL the container's processes if the stop takes longer
 
 
 # What the machine tells its listeners (and the journal): dicts with "event", "service", "state" and
@@ -211,6 +215,8 @@ class ServiceMachine:
         self._fatal_invocation = ""
         self.backoff_delay = 0.0  # the delay of the current BACKOFF
         self._episode_counted = False  # systemd's NRestarts already counted this episode's restart
+        self._start_retries = 0  # failed probes since STARTING: the next one comes sooner (FIRST_RETRY_S)
+        self._counted_at: float | None = None  # the last failure counted while STARTING
 
     # ------------------------------------------------------------ helpers
 
@@ -269,6 +275,13 @@ class ServiceMachine:
 
     def _fast(self) -> float:
         return min(self.plan.interval, FAST_INTERVAL_S)
+
+    def _retry_after(self) -> float:
+        """From a failed probe's start to the next one's: fast, and faster still while STARTING."""
+        if self.state is not State.STARTING:
+            return self._fast()
+        self._start_retries += 1
+        return min(self._fast(), FIRST_RETRY_S * 2.0 ** (self._start_retries - 1))
 
     @property
     def has_probe(self) -> bool:
@@ -427,6 +440,7 @@ class ServiceMachine:
 
     def _enter_starting(self, now: float, reason: str) -> None:
         self.fails = 0
+        self._start_retries, self._counted_at = 0, None
         self.started_at = now
         self._failing.clear()  # a new process: the other sources' old verdicts were about the last one
         if self.plan.oneshot:  # active means exited 0 (RemainAfterExit=yes): done for this generation
@@ -529,9 +543,13 @@ class ServiceMachine:
 
     def _on_probe_failed(self, result: ProbeView, now: float) -> None:
         # start to start, like the interval: after a probe that timed out, the next one starts at once
-        self.next_probe_at = now + max(0.0, self._fast() - result.latency_s)
-        if self.state is State.STARTING and now - self.started_at < self.plan.start_period:
-            return  # failures in the start period do not count
+        self.next_probe_at = now + max(0.0, self._retry_after() - result.latency_s)
+        if self.state is State.STARTING:
+            if now - self.started_at < self.plan.start_period:
+                return  # failures in the start period do not count
+            if self._counted_at is not None and now - self._counted_at < self._fast():
+                return  # a starting service's quicker retries count no more often than the usual ones
+            self._counted_at = now
         self.fails += 1
         if self.state is State.HEALTHY:
             self._emit("probe_failed", now, probe=result.detail, fails=self.fails, retries=self.plan.retries)

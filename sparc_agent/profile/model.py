@@ -351,8 +351,8 @@ class RestartPolicy(Frozen):
     backoff: Backoff = Backoff()
     max_restarts: Annotated[int, Field(ge=0, le=10_000, strict=True)] = 5
     window: Duration = 600.0
-    # a service that failed its probes is hung: SIGKILL it if it has not stopped after this long
-    stop_grace: Duration = 2.0
+    # a service that failed its probes is hung: SIGKILL its container if it has not stopped after this long
+    stop_grace: Duration = 0.0
 
 
 class Resources(Frozen):

@@ -24,7 +24,7 @@ class ServicePlan:
     multiplier: float = 2.0
     max_restarts: int = 5
     window: float = 600.0
-    stop_grace: float = 2.0  # an unhealthy service gets SIGKILL when its stop takes longer than this
+    stop_grace: float = 0.0  # a hung service's container gets SIGKILL when its stop takes longer
     depends_on: dict[str, str] = field(default_factory=dict)  # service -> started | healthy | completed
     oneshot: bool = False  # runs once per generation (apply runs it): policy "no", no probe
     gpu: bool = False  # has `gpus`: its GPU memory is measured (metrics)
