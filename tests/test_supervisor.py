@@ -612,6 +612,26 @@ def test_a_hung_restart_kills_the_container_processes_once_the_stop_began_and_no
     assert not m.busy and m.state is State.STARTING and m.restarts_total == 1
 
 
+@pytest.mark.parametrize("seen", ["activating", "inactive"])
+def test_a_restart_past_its_stop_is_not_killed_however_slow_the_start(tmp_path: Any, seen: str) -> None:
+    """kill_after is about the stop: a restart job still running with the unit activating (or between
+    stop and start) is a slow start of the new process, which nothing may kill."""
+    runner, m = runner_with_machine(tmp_path)
+    action = unhealthy_restart_due(m, 3.0)
+    mgr = FakeManager()
+    mgr.after_restart = [seen]
+
+    async def slow_start() -> None:
+        task = asyncio.create_task(runner._act(mgr, m, action))
+        await asyncio.sleep(0.2)  # past stop_grace (0.05 s)
+        mgr.release.set()
+        await task
+
+    asyncio.run(slow_start())
+    assert mgr.calls == ["restart", f"saw {seen}"]  # no kill
+    assert not m.busy and m.state is State.STARTING
+
+
 def test_an_action_cut_short_by_the_agent_stopping_leaves_nothing_in_flight(tmp_path: Any) -> None:
     runner, m = runner_with_machine(tmp_path)
     action = unhealthy_restart_due(m, 3.0)

@@ -64,8 +64,8 @@ RECONNECT_MAX_S: Final = 5.0
 STATE_WRITE_MIN_S: Final = 0.2  # coalesce state-file writes
 HEARTBEAT_S: Final = 10.0  # rewrite the state file this often even without changes (fresh `updated`)
 # a restart's kill waits for systemd to begin the stop (its job runs at idle priority), this often, this long
-STOP_BEGIN_POLL_S: Final = 0.01
-STOP_BEGIN_MAX_S: Final = 1.0
+STOP_BEGIN_POLL_S: Final = 0.02
+STOP_BEGIN_MAX_S: Final = 5.0
 
 # the user bus (dbus-broker.service is an alias of it where it is the bus)
 BUS_UNIT: Final = "dbus.service"
@@ -376,15 +376,9 @@ class StackRunner:
         processes, taken before the stop: never podman's stop command, which then completes at once."""
         svc = m.plan
         with Payload(await self._main_pid(mgr, svc.unit)) as payload:
-            t0 = mono()
             job = asyncio.ensure_future(mgr.restart(svc.unit))
             await asyncio.wait({job}, timeout=kill_after)
-            # a kill before systemd began the stop would be a crash (Restart=, counted twice): wait for it
-            while not job.done() and mono() - t0 < kill_after + STOP_BEGIN_MAX_S:
-                if await self._stop_began(mgr, svc.unit):
-                    break
-                await asyncio.wait({job}, timeout=STOP_BEGIN_POLL_S)
-            if not job.done():
+            if not job.done() and await self._stopping(mgr, svc.unit, job):
                 await self._kill(mgr, svc, payload, f"stop not done after {kill_after:g}s")
             await job
 
@@ -398,25 +392,30 @@ class StackRunner:
         return state.main_pid if state.active_state == "active" else 0
 
     @staticmethod
-    async def _stop_began(mgr: UserManager, unit: str) -> bool:
-        """The restart job left `active` (systemd runs queued jobs at idle priority, after the reply)."""
-        try:
-            return (await mgr.unit_state(unit)).active_state != "active"
-        except SparcError:
-            return True  # cannot tell: the job's own outcome decides
+    async def _stopping(mgr: UserManager, unit: str, job: asyncio.Future[str]) -> bool:
+        """Is the restart's stop under way? Not begun yet: wait for it (systemd runs a queued job after
+        answering; a kill before would be a crash, restarted by systemd and counted twice). Over: the
+        start runs, and a slow start is no hang."""
+        deadline = mono() + STOP_BEGIN_MAX_S
+        while not job.done():
+            try:
+                state = (await mgr.unit_state(unit)).active_state
+            except SparcError:
+                return False  # cannot tell: the job's own outcome decides
+            if state != "active" or mono() >= deadline:
+                return state == "deactivating"
+            await asyncio.wait({job}, timeout=STOP_BEGIN_POLL_S)
+        return False
 
     async def _kill(self, mgr: UserManager, svc: ServicePlan, payload: Payload, reason: str) -> None:
-        killed = payload.kill()
-        if not killed:  # no container process known (or left): the unit's processes, podman's included
+        if payload:
+            whom = f"{payload.kill()} container processes"
+        else:  # no container process known: all the unit's processes, podman's stop command included
+            whom = "all the unit's processes"
             with contextlib.suppress(SparcError):
                 await mgr.kill(svc.unit, signal.SIGKILL, "all")
         self.agent.log.warning(
-            "kill",
-            stack=self.stack,
-            service=svc.name,
-            reason=reason,
-            signal="SIGKILL",
-            whom=f"{killed} container processes" if killed else "all the unit's processes",
+            "kill", stack=self.stack, service=svc.name, reason=reason, signal="SIGKILL", whom=whom
         )
 
     def flush(self, m: ServiceMachine) -> None:
