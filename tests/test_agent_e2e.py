@@ -182,6 +182,9 @@ def test_hung_service_is_detected_and_restarted(
         assert len(restarts) == 1 and restarts[0]["ok"], a.log()
         # the kill came after systemd began the stop: no crash for Restart= to restart, counted once
         assert not a.find(event="restart", service="signaling", by="systemd"), a.log()
+        assert not a.find(event="state", service="signaling", state="STOPPED"), (
+            a.log()
+        )  # a restart, not a stop
         assert unit_props(mgr, unit(mgr, "signaling"))["NRestarts"] == "0"
         assert agent_state(mgr)["services"]["signaling"]["restarts_total"] == 1
         # unity depends on signaling being healthy: restarted after signaling recovered
