@@ -784,3 +784,17 @@ def test_status_line_parser() -> None:
     for bad in (b"HTTP/2 200\r\n", b"http/1.1 200 OK\r\n", b"HTTP/1.1 20 OK\r\n", b"HTTP/1.1 200OK\r\n"):
         with pytest.raises(http_probe.TargetFailed):
             http_probe.parse_status_line(bad)
+
+
+def test_apply_polls_a_starting_service_soon_then_less_often_up_to_its_interval() -> None:
+    """A quick first look again (a stand-in is up in ~0.1 s), then at most a quarter of the wait so far
+    late, never rarer than the profile's interval (a model server that loads for minutes)."""
+    from sparc_agent.probes.health import APPLY_FIRST_POLL_S, apply_poll_gap
+    from sparc_agent.profile.model import Health
+
+    health = Health.model_validate({"http": {"port": 8000}, "interval": "2s"})
+    assert apply_poll_gap(health, 0.0) == APPLY_FIRST_POLL_S < 0.05
+    assert apply_poll_gap(health, 1.0) == 0.25
+    assert apply_poll_gap(health, 600.0) == 2.0
+    gaps = [apply_poll_gap(health, w / 10) for w in range(100)]
+    assert gaps == sorted(gaps)

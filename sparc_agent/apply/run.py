@@ -8,9 +8,10 @@ from __future__ import annotations
 import asyncio
 import sys
 import time
+from collections.abc import Awaitable
 from concurrent.futures import Future
 from dataclasses import dataclass, field, replace
-from typing import TextIO
+from typing import TextIO, TypeVar
 
 from sparc_agent.agent.supervisor import plan_from_profile
 from sparc_agent.apply import timeline
@@ -32,6 +33,8 @@ from sparc_agent.state import commit
 from sparc_agent.state.generations import Generation, Store
 from sparc_agent.state.meta import GenerationMeta, SecretSource, Status, SupervisionPlan, TargetVersions
 from sparc_agent.state.paths import Paths
+
+T = TypeVar("T")
 
 
 class ApplyFailed(SparcError):
@@ -130,12 +133,17 @@ async def ask_host(profile: Profile, options: ApplyOptions) -> HostNow:
             return (await asyncio.wrap_future(options.detected)).target()
         return (await asyncio.to_thread(detect)).target()
 
+    async def marked(what: str, question: Awaitable[T]) -> T:
+        answer = await question
+        timeline.mark(f"{what} known")
+        return answer
+
     images = [s.image for s in profile.services.values()]
     answers = await asyncio.gather(
-        versions(),
-        UserManager.connect(),
-        asyncio.to_thread(podman.missing_images, images),
-        asyncio.to_thread(absent_secrets, profile),
+        marked("host versions", versions()),
+        marked("bus", UserManager.connect()),
+        marked("images", asyncio.to_thread(podman.missing_images, images)),
+        marked("secrets", asyncio.to_thread(absent_secrets, profile)),
         return_exceptions=True,
     )
     failed = next((a for a in answers if isinstance(a, BaseException)), None)
@@ -173,6 +181,7 @@ async def apply_async(loaded: LoadedProfile, options: ApplyOptions, log: TextIO)
             report.pulled = host.missing_images
             secrets = secret_updates(profile, store.paths, store.current(), host.absent_secrets)
             put_secrets(profile, secrets, store.paths)
+            timeline.mark(f"{len(secrets.values)} podman secrets written")
             draft = draft_meta(loaded, host.target, secrets, options.input_key)
             generation = record(store, loaded, files, draft)
             timeline.mark("images, secrets and generation in place")

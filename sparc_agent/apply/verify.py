@@ -9,7 +9,7 @@ from dataclasses import dataclass
 from sparc_agent.host.journal import journal_tail
 from sparc_agent.host.systemd import UserManager
 from sparc_agent.probes import ProbeOutcome
-from sparc_agent.probes.health import APPLY_POLL_S, probe_once, start_budget
+from sparc_agent.probes.health import apply_poll_gap, probe_once, start_budget
 from sparc_agent.probes.inpod import PodProbers
 from sparc_agent.profile.model import Health
 
@@ -47,4 +47,4 @@ async def wait_healthy(mgr: UserManager, where: Where, health: Health, starting:
             return False, with_tail(
                 f"{health.kind} probe still {what} after {budget:.0f} s: {result.detail}", unit
             )
-        await asyncio.sleep(APPLY_POLL_S)
+        await asyncio.sleep(apply_poll_gap(health, time.monotonic() - t0))
