@@ -204,3 +204,26 @@ def test_the_agent_loads_neither_pydantic_nor_jinja2() -> None:
     )
     done = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, timeout=60)
     assert done.returncode == 0, done.stderr
+
+
+def test_the_noop_apply_loads_neither_pydantic_nor_jinja2() -> None:
+    """`apply` of an unchanged profile answers from apply/fastpath.py before validation: the CLI and
+    everything fastpath imports, at the top or inside its functions, stay light (pydantic and jinja2
+    are ~0.1 s of a fresh process, more than half of what the no-op is allowed)."""
+    fastpath = PACKAGE / "apply" / "fastpath.py"
+    lazy = sorted(
+        m for m in imports(fastpath.read_text(), "sparc_agent.apply.fastpath") if m.startswith("sparc_agent")
+    )
+    code = (
+        "import importlib, sys\n"
+        "import sparc_agent.cli.main\n"
+        f"for name in {lazy!r}:\n"
+        "    try:\n"
+        "        importlib.import_module(name)\n"
+        "    except ModuleNotFoundError:\n"
+        "        pass  # `from a import b` where b is a name, not a module\n"
+        "heavy = sorted(m for m in ('pydantic', 'jinja2', 'yaml') if m in sys.modules)\n"
+        "assert not heavy, heavy\n"
+    )
+    done = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, timeout=60)
+    assert done.returncode == 0, done.stderr

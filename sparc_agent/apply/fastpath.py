@@ -22,7 +22,7 @@ from typing import Any
 from sparc_agent import __version__
 from sparc_agent.apply import timeline
 from sparc_agent.host.detect import binaries
-from sparc_agent.probes import ProbeOutcome
+from sparc_agent.probes import ProbeOutcome, ProbeResult
 from sparc_agent.probes.inpod import PodProbers
 from sparc_agent.probes.kinds import spec_from_fields
 from sparc_agent.state.meta import GenerationMeta, StateProblem, Status, read_meta
@@ -134,19 +134,20 @@ async def _running_and_healthy(stack: str, meta: GenerationMeta) -> NoopReport |
 
     services = meta.plan.services
     async with PodProbers() as probers:
+
+        async def probe(name: str, container: str, plan: dict[str, Any]) -> ProbeResult:
+            result = await probers.run(spec_from_plan(plan), container=container, pod=plan.get("pod"))
+            timeline.mark(f"no-op: {name}'s {plan['kind']} probe: {result.outcome.value}")
+            return result
+
         # the probes first (an exec probe's podman is the slowest part), the bus meanwhile
-        probing = asyncio.gather(
-            *(
-                probers.run(spec_from_plan(p), container=s.container, pod=p.get("pod"))
-                for s in services
-                if (p := s.probe)
-            )
-        )
+        probing = asyncio.gather(*(probe(s.name, s.container, p) for s in services if (p := s.probe)))
         try:
             async with await UserManager.connect() as mgr:
                 states = await asyncio.gather(*(mgr.unit_state(s.unit) for s in services))
             if not all(st.active_state == "active" for st in states):
                 return None
+            timeline.mark("no-op: every unit active")
             results = await probing
         except SparcError:
             return None  # the full path reports bus problems properly
