@@ -1,11 +1,7 @@
 """Step 4, start: bring every service up in dependency order, as soon as what it depends on is
 started (or healthy), starting what is down and restarting what changed; then verify each.
 
-Each service waits only for its own dependencies' futures, with one exception: of the services that
-depend on nothing, those with fewer dependents waiting after them (a shorter chain) start once the
-start jobs of the longer chains' heads are done. On a small node start jobs compete for the CPU and
-podman's locks, so starting everything at once slows the head of the longest chain (riva, on which
-mas and then unity wait) by the starts of services nothing waits long on (signaling, turn).
+Independent services start at once: each waits only for its own dependencies' futures.
 """
 
 from __future__ import annotations
@@ -34,18 +30,6 @@ class ServiceOutcome:
     detail: str = ""
 
 
-def chain_lengths(profile: Profile) -> dict[str, int]:
-    """Per service: how many services wait on it one after another (its longest chain of dependents)."""
-    dependents: dict[str, list[str]] = {n: [] for n in profile.services}
-    for name, svc in profile.services.items():
-        for dep in svc.depends_on:
-            dependents[dep].append(name)
-    lengths: dict[str, int] = {}
-    for name in reversed(start_order(profile)):  # dependents first
-        lengths[name] = max((lengths[d] + 1 for d in dependents[name]), default=0)
-    return lengths
-
-
 @dataclass
 class StartStep:
     mgr: UserManager
@@ -58,7 +42,6 @@ class StartStep:
     def __post_init__(self) -> None:
         loop = asyncio.get_running_loop()
         self.names = Names(self.profile.name)
-        self.chains = chain_lengths(self.profile)
         self.started = {n: loop.create_future() for n in self.profile.services}
         self.healthy = {n: loop.create_future() for n in self.profile.services}
 
@@ -71,15 +54,6 @@ class StartStep:
         self.outcomes[outcome.name] = outcome
         self.started[outcome.name].set_result(started)
         self.healthy[outcome.name].set_result(healthy)
-
-    async def _longer_chains_started(self, name: str) -> None:
-        """A service without dependencies: wait for the start jobs (done or failed) of those heading a
-        longer chain of dependents."""
-        if self.profile.services[name].depends_on:
-            return
-        for other, svc in self.profile.services.items():
-            if not svc.depends_on and self.chains[other] > self.chains[name]:
-                await self.started[other]
 
     async def _dependency_failed(self, name: str) -> str | None:
         for dep, condition in self.profile.services[name].depends_on.items():
@@ -116,7 +90,6 @@ class StartStep:
         return with_tail(f"{exc}", unit)
 
     async def bring_up(self, name: str) -> None:
-        await self._longer_chains_started(name)
         failed_dep = await self._dependency_failed(name)
         if failed_dep is not None:
             self._done(ServiceOutcome(name, "skipped", False, detail=f"{failed_dep} failed"), False, False)
