@@ -214,9 +214,8 @@ def test_the_noop_apply_loads_neither_pydantic_nor_jinja2() -> None:
     lazy = sorted(
         m for m in imports(fastpath.read_text(), "sparc_agent.apply.fastpath") if m.startswith("sparc_agent")
     )
-    code = (
-        "import importlib, sys\n"
-        "import sparc_agent.cli.main\n"
+    loads = (
+        "import importlib, sys, sparc_agent.cli.main\n"
         f"for name in {lazy!r}:\n"
         "    try:\n"
         "        importlib.import_module(name)\n"
@@ -225,5 +224,5 @@ def test_the_noop_apply_loads_neither_pydantic_nor_jinja2() -> None:
         "heavy = sorted(m for m in ('pydantic', 'jinja2', 'yaml') if m in sys.modules)\n"
         "assert not heavy, heavy\n"
     )
-    done = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, timeout=60)
-    assert done.returncode == 0, done.stderr
+    done = subprocess.run([sys.executable, "-c", loads], cwd=ROOT, capture_output=True, timeout=60)
+    assert done.returncode == 0, done.stderr.decode()
