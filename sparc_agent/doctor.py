@@ -263,7 +263,10 @@ def check_quadlet(host: Host) -> Check:
         )
     if lacks:
         return warn(
-            "quadlet", message, "sparc-agent falls back where it can; podman >= 5.1 has every feature"
+            "quadlet",
+            message,
+            "sparc-agent falls back where it can (without the atomic switch, apply journals its file"
+            " writes one by one: docs/architecture.md); podman >= 5.3 has every feature",
         )
     return ok("quadlet", message)
 

@@ -62,6 +62,9 @@ QUADLET_SINCE = {
     # .pod files arrived in 5.0, but only 5.1's StartWithPod= stops a pod from starting every
     # container at once, which would defeat `depends_on: healthy`; before that, a pod unit of our own
     ".pod": Version(5, 1),
+    # follows a symlinked subdirectory of its search path (podman #23755, 5.3.0): what makes
+    # sparc-agent's generation switch one rename (state.live); older ones get journaled flat files
+    "atomic switch": Version(5, 3),
 }
 # podman (runtime) behaviour the files must work around
 PODMAN_DELETES_ID_FILES = Version(5, 0)  # older podman leaves %t/%N.cid behind: restarts fail

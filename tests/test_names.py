@@ -13,6 +13,8 @@ from sparc_agent.apply.plan import stack_files_on_disk
 from sparc_agent.host.systemd import UnitState
 from sparc_agent.profile.names import AGENT_UNIT, UNIT_DIR, Names, collisions, unit_of
 from sparc_agent.render import header, is_ours, owner, render_agent_unit
+from sparc_agent.state.live import Live
+from sparc_agent.state.paths import StackPaths
 
 pytestmark = pytest.mark.unit
 
@@ -98,7 +100,8 @@ def test_the_agent_unit_belongs_to_no_stack(tmp_path: Path) -> None:
     (tmp_path / UNIT_DIR).mkdir(parents=True)
     (tmp_path / UNIT_DIR / AGENT_UNIT).write_text(text)
     # before the marker, a stack named sparc-agent counted the agent's unit among its own files
-    assert stack_files_on_disk(tmp_path, "sparc-agent") == {}
+    live = Live(tmp_path, StackPaths(tmp_path / "state" / "sparc-agent"))
+    assert stack_files_on_disk(live) == {}
 
 
 def _state(load: str = "loaded", source: str = "", fragment: str = "") -> UnitState:

@@ -14,6 +14,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from support.reader import quadlet_file
 from support.registry import REGISTRY, LocalRegistry, local_registry
 from support.stackfiles import avatar_profile, sparc, status, unit_props, write_profile
 from support.testhost import require_testhost, unavailable
@@ -105,7 +106,7 @@ def test_unavailable_image_fails_early_writes_nothing_and_leaves_the_stack_alone
     assert f"cannot pull image {missing}" in done.stderr, done.stderr
     assert "started " not in done.stderr and "stopping " not in done.stderr
     assert stack_files(h) == before
-    assert not (mgr.quadlet_dir / f"{mgr.name}.pod").exists()
+    assert not quadlet_file(mgr.config_dir, mgr.name, f"{mgr.name}.pod").exists()
     assert not (state / "generations").exists() and not (state / "current").exists()
     assert unit_props(mgr, f"{mgr.name}-riva.service")["ActiveState"] == "inactive"
     assert h.podman("secret", "exists", f"{mgr.name}-openai-api-key", check=False).returncode != 0

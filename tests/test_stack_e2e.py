@@ -5,6 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
+from support.reader import quadlet_file
 from support.stackfiles import avatar_profile, sparc, write_profile
 from support.testhost import UserManager, free_port, http_get, podman
 
@@ -43,7 +44,9 @@ def test_diff_down_and_purge(
     assert down.returncode == 0, down.stderr
     states = mgr.systemctl("show", "-p", "ActiveState", f"{mgr.name}-riva.service", f"{mgr.name}-pod.service")
     assert states.stdout.split() == ["ActiveState=inactive", "ActiveState=inactive"]
-    assert (mgr.quadlet_dir / f"{mgr.name}-riva.container").exists()  # kept: the target brings it back
+    assert quadlet_file(
+        mgr.config_dir, mgr.name, f"{mgr.name}-riva.container"
+    ).exists()  # kept: the target brings it back
     mgr.systemctl("start", f"{mgr.name}.target")
     assert mgr.systemctl("is-active", f"{mgr.name}-riva.service").stdout.strip() == "active"
 

@@ -8,7 +8,6 @@ dependents. Rollback (apply.rollback) is this same function run with an older ge
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import TextIO
 
 from sparc_agent.apply import timeline
@@ -20,7 +19,8 @@ from sparc_agent.host.systemd import UserManager
 from sparc_agent.profile.model import Profile
 from sparc_agent.profile.rules import start_order
 from sparc_agent.render import Names
-from sparc_agent.state.generations import Store
+from sparc_agent.state.generations import Generation
+from sparc_agent.state.live import Live
 
 
 @dataclass
@@ -38,20 +38,20 @@ class ConvergeResult:
 
 async def converge(
     mgr: UserManager,
-    config_home: Path,
-    store: Store,
+    live: Live,
     profile: Profile,
-    files: dict[str, str],
+    generation: Generation,
     log: TextIO,
 ) -> ConvergeResult:
     names = Names(profile.name)
-    changes = file_changes(config_home, profile.name, files)
+    files = generation.files
+    changes = file_changes(live, files)
     result = ConvergeResult(files_written=len(changes.writes), files_removed=len(changes.removes))
     await stop_removed(mgr, changes, log)
-    if not changes.empty:
-        write(config_home, store.paths.journal, changes)
+    switched = write(live, generation, changes)
+    if switched:
         timeline.mark(f"{len(changes.writes)} files written, {len(changes.removes)} removed")
-    result.reloaded, inputs = await load(mgr, store.paths, profile, files, changes)
+    result.reloaded, inputs = await load(mgr, live.state, profile, files, changes, switched)
     if result.reloaded:
         timeline.mark("reloaded")
     if await pod_stale(mgr, profile, inputs):

@@ -21,6 +21,7 @@ from sparc_agent.profile.model import Profile
 from sparc_agent.render import owner
 from sparc_agent.state import commit
 from sparc_agent.state.generations import Store
+from sparc_agent.state.live import Live
 from sparc_agent.state.paths import Paths
 
 
@@ -38,7 +39,7 @@ def ours_and_foreign(config_home: Path, stack: str, files: list[str]) -> tuple[l
 
 
 async def purge(mgr: UserManager, config_home: Path, store: Store, profile: Profile, log: TextIO) -> None:
-    """Remove the stack's files (ours only), podman secrets and state directory."""
+    """Remove the stack's links and files (ours only), podman secrets and state directory."""
     with apply_lock(store.paths.lock, True, log):
         commit.recover(store.paths.journal, config_home)
         files = sorted({rel for gen in store.all() for rel in gen.meta.files})
@@ -48,7 +49,7 @@ async def purge(mgr: UserManager, config_home: Path, store: Store, profile: Prof
                 f"kept {config_home / rel}: it is no longer sparc-agent's (no header of {profile.name})",
                 file=log,
             )
-        await remove_stack(mgr, config_home, store.paths.journal, profile, ours)
+        await remove_stack(mgr, Live(config_home, store.paths), profile, ours)
         shutil.rmtree(store.root)  # the agent drops a stack whose state is gone
 
 

@@ -25,6 +25,7 @@ from sparc_agent.host.detect import binaries
 from sparc_agent.probes import ProbeOutcome, ProbeResult
 from sparc_agent.probes.inpod import PodProbers
 from sparc_agent.probes.kinds import spec_from_fields
+from sparc_agent.state.live import Live
 from sparc_agent.state.meta import GenerationMeta, StateProblem, Status, read_meta
 from sparc_agent.state.paths import Paths, StackPaths
 
@@ -96,9 +97,10 @@ def try_noop(profile: str, overlays: Sequence[str], sets: Sequence[str]) -> Noop
 
 
 def _files_match(paths: Paths, stack: StackPaths, meta: GenerationMeta) -> bool:
+    live = Live(paths.config_home, stack)
     for rel, sha in meta.files.items():
         try:
-            if hashlib.sha256((paths.config_home / rel).read_bytes()).hexdigest() != sha:
+            if hashlib.sha256(live.visible(rel).read_bytes()).hexdigest() != sha:
                 return False
         except OSError:
             return False

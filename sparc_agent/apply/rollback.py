@@ -4,7 +4,6 @@ it that did, by converging to its files again (only what differs is touched). Wh
 
 from __future__ import annotations
 
-from pathlib import Path
 from typing import TextIO
 
 from sparc_agent.apply.converge import converge
@@ -15,6 +14,7 @@ from sparc_agent.host.systemd import UserManager
 from sparc_agent.profile.load import load_profile
 from sparc_agent.profile.model import Profile
 from sparc_agent.state.generations import Generation, Store
+from sparc_agent.state.live import Live
 from sparc_agent.state.meta import Status
 
 
@@ -27,7 +27,7 @@ def previous_healthy(store: Store, failed: Generation) -> Generation | None:
 
 
 async def rollback(
-    mgr: UserManager, config_home: Path, store: Store, failed: Generation, log: TextIO
+    mgr: UserManager, live: Live, store: Store, failed: Generation, log: TextIO
 ) -> Generation | None:
     """Back to the previous healthy generation; None when there is none (left as applied)."""
     previous = previous_healthy(store, failed)
@@ -40,18 +40,16 @@ async def rollback(
     )
     old = load_profile(str(previous.profile_path)).profile
     restore_secrets(old, store.paths, previous, log)
-    await converge(mgr, config_home, store, old, previous.files, log)
+    await converge(mgr, live, old, previous, log)
     store.set_current(previous)
     return previous
 
 
-async def withdraw(mgr: UserManager, config_home: Path, store: Store, profile: Profile, log: TextIO) -> None:
+async def withdraw(mgr: UserManager, live: Live, store: Store, profile: Profile, log: TextIO) -> None:
     """A stack that never became healthy: nothing of it stays running or current (its failed
     generation's record stays, for `ls` and the logs)."""
     await stop_stack(mgr, profile)
-    await remove_stack(
-        mgr, config_home, store.paths.journal, profile, sorted(stack_files_on_disk(config_home, profile.name))
-    )
+    await remove_stack(mgr, live, profile, sorted(stack_files_on_disk(live)))
     store.clear_current()
     print(
         f"{profile.name}: no earlier healthy generation: stopped it and removed its files",

@@ -32,6 +32,7 @@ from sparc_agent.profile.model import Profile
 from sparc_agent.render import Target, render
 from sparc_agent.state import commit
 from sparc_agent.state.generations import Generation, Store
+from sparc_agent.state.live import Live
 from sparc_agent.state.meta import GenerationMeta, SecretSource, Status, SupervisionPlan, TargetVersions
 from sparc_agent.state.paths import Paths
 
@@ -201,14 +202,15 @@ async def apply_async(loaded: LoadedProfile, options: ApplyOptions, log: TextIO)
     if options.dry_run:
         versions = options.detected.result() if options.detected else detect()
         files = render(profile, options.target or versions.target())
-        changes = file_changes(paths.config_home, profile.name, files)
-        return ApplyReport(profile.name, None, unified_diff(paths.config_home, changes))
+        changes = file_changes(Live(paths.config_home, store.paths), files)
+        return ApplyReport(profile.name, None, unified_diff(changes))
     with apply_lock(store.paths.lock, options.wait_for_lock, log):
         host = await ask_host(profile, options)  # under the lock: what an apply we waited for changed
         async with host.mgr as mgr:
             files = render(profile, host.target)
-            changes = file_changes(paths.config_home, profile.name, files)
-            report = ApplyReport(profile.name, None, unified_diff(paths.config_home, changes))
+            live = Live(paths.config_home, store.paths, linked=host.target.has("atomic switch"))
+            changes = file_changes(live, files)
+            report = ApplyReport(profile.name, None, unified_diff(changes))
             timeline.mark("rendered")
             if commit.recover(store.paths.journal, paths.config_home):
                 print("finished the file writes of an interrupted apply", file=log, flush=True)
@@ -222,17 +224,17 @@ async def apply_async(loaded: LoadedProfile, options: ApplyOptions, log: TextIO)
             draft = draft_meta(loaded, host.target, secrets, options.input_key)
             generation = record(store, loaded, files, draft)
             timeline.mark("images, secrets and generation in place")
-            result = await converge(mgr, paths.config_home, store, profile, files, log)
+            result = await converge(mgr, live, profile, generation, log)
             report.generation, report.result = generation.number, result
             store.set_current(generation)
             if result.failed is None:
                 store.set_status(generation, Status.HEALTHY)
             else:
                 failed = store.set_status(generation, Status.FAILED, result.failed, result.reason)
-                back = await rollback(mgr, paths.config_home, store, failed, log)
+                back = await rollback(mgr, live, store, failed, log)
                 report.rolled_back_to = back.number if back else None
                 if back is None and not any(g.meta.status is Status.HEALTHY for g in store.all()):
-                    await withdraw(mgr, paths.config_home, store, profile, log)
+                    await withdraw(mgr, live, store, profile, log)
                     report.withdrawn = True
     report.seconds = time.monotonic() - t0
     return report

@@ -23,15 +23,21 @@ from sparc_agent.state.paths import StackPaths
 
 
 async def load(
-    mgr: UserManager, paths: StackPaths, profile: Profile, files: dict[str, str], changes: FileChanges
+    mgr: UserManager,
+    paths: StackPaths,
+    profile: Profile,
+    files: dict[str, str],
+    changes: FileChanges,
+    switched: bool,
 ) -> tuple[bool, Inputs]:
-    """Reload when anything systemd loaded differs from the wanted files; (reloaded, the record)."""
+    """Reload when the files were just switched or anything systemd loaded differs from the wanted
+    files; (reloaded, the record)."""
     inputs = Inputs.read(paths.inputs)
     wanted = Store.hashes(files)
     names = Names(profile.name)
     units = [names.target, names.pod_unit, *(names.service_unit(s) for s in profile.services)]
     stale_load = (
-        not changes.empty
+        switched
         or bool(inputs.mismatched(wanted))
         or any(s.need_daemon_reload for s in await asyncio.gather(*(mgr.unit_state(u) for u in units)))
     )

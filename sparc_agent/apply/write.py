@@ -1,19 +1,21 @@
-"""Steps 2 and 3, write and reload: stop what left the profile, switch the files as one commit
-(state.commit), and have systemd (and the quadlet generator) read them once."""
+"""Steps 2 and 3, write and reload: stop what left the profile, switch to the generation's files in
+one rename (state.live; a journaled commit of flat files where quadlet < 5.3, state.commit), and have
+systemd (and the quadlet generator) read them once."""
 
 from __future__ import annotations
 
 import contextlib
-from pathlib import Path
 from typing import TextIO
 
-from sparc_agent.apply.plan import FileChanges
+from sparc_agent.apply.plan import FileChanges, flat_files
 from sparc_agent.errors import SparcError
 from sparc_agent.host import podman
 from sparc_agent.host.systemd import UserManager
 from sparc_agent.profile.model import Profile
 from sparc_agent.render import Names, unit_of
 from sparc_agent.state import commit
+from sparc_agent.state.generations import Generation
+from sparc_agent.state.live import Live
 
 
 def removed_units(changes: FileChanges) -> list[str]:
@@ -29,8 +31,20 @@ async def stop_removed(mgr: UserManager, changes: FileChanges, log: TextIO) -> N
             await mgr.stop(unit)
 
 
-def write(config_home: Path, journal: Path, changes: FileChanges) -> None:
-    commit.commit(config_home, changes.writes, changes.removes, journal)
+def write(live: Live, generation: Generation, changes: FileChanges) -> bool:
+    """Make the generation's files what systemd reads; True when anything changed on disk. A stack
+    still in flat files (an older sparc-agent's layout) moves behind the links first (state.live)."""
+    if not live.linked:
+        if changes.empty:
+            return False
+        commit.commit(live.config_home, changes.writes, changes.removes, live.state.journal)
+        return True
+    flat = flat_files(live.config_home, live.state.name)
+    if not flat and live.target() == generation.files_dir.resolve():
+        return False
+    live.adopt(flat)
+    live.switch(generation.files_dir)
+    return True
 
 
 async def reload(mgr: UserManager, changes: FileChanges) -> None:
@@ -53,11 +67,11 @@ async def stop_stack(mgr: UserManager, profile: Profile) -> list[str]:
     return stopped
 
 
-async def remove_stack(
-    mgr: UserManager, config_home: Path, journal: Path, profile: Profile, files: list[str]
-) -> None:
-    """Remove these files of the stack (one commit, one reload) and its podman secrets."""
-    commit.commit(config_home, {}, files, journal)
+async def remove_stack(mgr: UserManager, live: Live, profile: Profile, files: list[str]) -> None:
+    """Remove the stack's links (all at once) and these flat files (one commit), reload once, and
+    remove its podman secrets."""
+    live.remove()
+    commit.commit(live.config_home, {}, files, live.state.journal)
     await mgr.reload()
     for rel in files:
         with contextlib.suppress(SparcError):

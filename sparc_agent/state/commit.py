@@ -14,15 +14,9 @@ import os
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 
-from sparc_agent.state.files import fsync_dir, write_atomic
+from sparc_agent.state.files import crash_point, fsync_dir, write_atomic
 
 TEMP_SUFFIX = ".sparc-new"
-
-
-def _crash_point(name: str) -> None:
-    """Tests set SPARC_AGENT_CRASH_AT to kill -9 the process here (tests/test_apply_e2e.py)."""
-    if os.environ.get("SPARC_AGENT_CRASH_AT") == name:
-        os.kill(os.getpid(), 9)
 
 
 def _temp_for(path: Path) -> Path:
@@ -33,10 +27,10 @@ def commit(root: Path, writes: Mapping[str, str], removes: Sequence[str], journa
     """Write `writes` (relative to root) and remove `removes`, all or nothing."""
     for rel, text in writes.items():
         write_atomic(_temp_for(root / rel), text.encode())
-    _crash_point("after-temps")
+    crash_point("after-temps")
     record = {"root": str(root), "writes": sorted(writes), "removes": sorted(removes)}
     write_atomic(journal, json.dumps(record).encode(), mode=0o600)
-    _crash_point("after-journal")
+    crash_point("after-journal")
     _finish(root, record["writes"], record["removes"], halfway=True)
     journal.unlink()
 
@@ -65,7 +59,7 @@ def _finish(root: Path, writes: Sequence[str], removes: Sequence[str], halfway: 
             os.replace(temp, target)
         dirs.add(target.parent)
         if halfway and i == len(writes) // 2:
-            _crash_point("mid-rename")
+            crash_point("mid-rename")
     for rel in removes:
         with contextlib.suppress(FileNotFoundError):
             (root / rel).unlink()

@@ -27,6 +27,12 @@ def write_atomic(path: Path, data: bytes, mode: int = 0o644) -> None:
     fsync_dir(path.parent)
 
 
+def crash_point(name: str) -> None:
+    """Tests set SPARC_AGENT_CRASH_AT to kill -9 the process here (tests/test_apply_e2e.py)."""
+    if os.environ.get("SPARC_AGENT_CRASH_AT") == name:
+        os.kill(os.getpid(), 9)
+
+
 def fsync_dir(directory: Path) -> None:
     fd = os.open(directory, os.O_RDONLY | os.O_DIRECTORY)
     try:

@@ -4,6 +4,7 @@
     generations/000007/files/...      the rendered files, byte for byte
     generations/000007/meta.json      state.meta.GenerationMeta: hashes, plan, secrets, status
     current -> generations/000007     swapped atomically (symlink + rename)
+    live -> generations/000007/files  what systemd reads (state.live); never pruned either
 
 The agent supervises `current`; rollback re-applies the generation before it.
 """
@@ -41,10 +42,14 @@ class Generation:
         return self.directory / "profile.yaml"
 
     @property
+    def files_dir(self) -> Path:
+        """The rendered files, as state.live links them: containers/systemd/..., systemd/user/..."""
+        return self.directory / "files"
+
+    @property
     def files(self) -> dict[str, str]:
         """relative path -> text"""
-        root = self.directory / "files"
-        return {rel: (root / rel).read_text() for rel in self.meta.files}
+        return {rel: (self.files_dir / rel).read_text() for rel in self.meta.files}
 
     @property
     def secrets(self) -> dict[str, str]:
@@ -140,8 +145,9 @@ class Store:
 
     def _prune(self, keep_also: int) -> None:
         gens = self.all()
+        keep = {keep_also, self.paths.live_number()}
         for gen in gens[:-KEEP]:
-            if gen.number != keep_also:
+            if gen.number not in keep:
                 shutil.rmtree(gen.directory, ignore_errors=True)
 
 

@@ -6,6 +6,8 @@ $XDG_CONFIG_HOME/sparc-agent/profiles/   profiles the agent applies at start
 $XDG_STATE_HOME/sparc-agent/             STATE_DIR, mode 0700
     STACK/generations/000007/            one applied generation (state.generations)
     STACK/current -> generations/000007  the generation that runs
+    STACK/live -> generations/000007/files  the files systemd and quadlet read (state.live)
+    STACK/empty/                         what `live` names while the stack has no files
     STACK/commit.journal                 an unfinished file switch (state.commit)
     STACK/apply.lock                     flock of the apply in charge; holds its pid
     STACK/secret.salt                    salt of the secret fingerprints (0600)
@@ -36,6 +38,8 @@ class StackPaths:
     salt: Path = field(init=False)
     agent_state: Path = field(init=False)
     inputs: Path = field(init=False)
+    live: Path = field(init=False)
+    empty: Path = field(init=False)
 
     def __post_init__(self) -> None:
         files = {
@@ -46,6 +50,8 @@ class StackPaths:
             "salt": "secret.salt",
             "agent_state": "agent-state.json",
             "inputs": "inputs.json",
+            "live": "live",
+            "empty": "empty",
         }
         for attribute, name in files.items():
             object.__setattr__(self, attribute, self.root / name)
@@ -62,13 +68,23 @@ class StackPaths:
             return None
 
     def current_number(self) -> int | None:
-        target = self.current_target()
-        if target is None:
-            return None
+        return _number(self.current_target())
+
+    def live_number(self) -> int | None:
+        """The generation whose files `live` names (None: none, or an adoption copy)."""
         try:
-            return int(Path(target).name)
-        except ValueError:
+            return _number(str(Path(os.readlink(self.live)).parent))
+        except OSError:
             return None
+
+
+def _number(target: str | None) -> int | None:
+    if target is None:
+        return None
+    try:
+        return int(Path(target).name)
+    except ValueError:
+        return None
 
 
 @dataclass(frozen=True)
