@@ -28,6 +28,7 @@ from sparc_agent.probes.kinds import spec_from_fields
 from sparc_agent.state.live import Live
 from sparc_agent.state.meta import GenerationMeta, StateProblem, Status, read_meta
 from sparc_agent.state.paths import Paths, StackPaths
+from sparc_agent.versions import QUADLET_SINCE, Version
 
 # what validation and rendering execute or read: a changed byte here may render differently
 RENDER_CODE = ("profile", "render", "versions.py")
@@ -98,6 +99,8 @@ def try_noop(profile: str, overlays: Sequence[str], sets: Sequence[str]) -> Noop
 
 def _files_match(paths: Paths, stack: StackPaths, meta: GenerationMeta) -> bool:
     live = Live(paths.config_home, stack)
+    if _switches_by_link(meta) and live.target() != (stack.current / "files").resolve():
+        return False  # not yet behind the links (an older sparc-agent's flat files): the full path moves it
     for rel, sha in meta.files.items():
         try:
             if hashlib.sha256(live.visible(rel).read_bytes()).hexdigest() != sha:
@@ -105,6 +108,16 @@ def _files_match(paths: Paths, stack: StackPaths, meta: GenerationMeta) -> bool:
         except OSError:
             return False
     return not stack.journal.exists()
+
+
+def _switches_by_link(meta: GenerationMeta) -> bool:
+    """Whether the quadlet the generation was rendered for follows state.live's link."""
+    try:
+        return (
+            meta.target is not None and Version.parse(meta.target.quadlet) >= QUADLET_SINCE["atomic switch"]
+        )
+    except ValueError:
+        return False
 
 
 def _secrets_match(stack: StackPaths, meta: GenerationMeta) -> bool:
