@@ -68,3 +68,8 @@ def test_a_reload_between_written_and_switched_loads_the_old_set(
     assert f"{stack}-added.service" in loaded(mgr, f"{stack}.target")["Wants"]
     assert unit_props(mgr, f"{stack}-steady.service")["MainPID"] == steady  # unchanged: not restarted
     assert dangling(mgr.config_dir) == []
+
+    purge = sparc(mgr, "down", stack, "--purge")
+    assert purge.returncode == 0, purge.stderr
+    links = [p for p in mgr.config_dir.rglob("*") if p.is_symlink()]
+    assert links == [] and reader_view(mgr.config_dir, stack) == {}, links
