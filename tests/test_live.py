@@ -21,6 +21,7 @@ from sparc_agent.apply.plan import flat_files, stack_files_on_disk
 from sparc_agent.render import header
 from sparc_agent.state import files as state_files
 from sparc_agent.state import live as live_module
+from sparc_agent.state.generations import Store
 from sparc_agent.state.live import ADOPTED, LinkTaken, Live
 from sparc_agent.state.paths import StackPaths
 
@@ -205,3 +206,19 @@ def test_an_unchanged_adopted_file_becomes_a_link_without_changing_its_bytes(liv
     assert reader_view(live.config_home, STACK) == GEN1
     assert (live.config_home / "systemd/user/s.target").is_symlink()
     assert not (live.config_home / "containers/systemd/s-web.container").exists()  # behind the link now
+
+
+def test_pruning_never_removes_the_generation_live_names(tmp_path: Path) -> None:
+    """`live` may name an older generation than `current` (a kill between the switch and the record);
+    pruning (10 kept) must not pull the files from under systemd."""
+    v0 = Path(__file__).parent / "fixtures" / "state-v0" / "th-ce58d6"
+    store = Store(StackPaths(tmp_path / "state" / "th-ce58d6"))
+    shutil.copytree(v0, store.root, symlinks=True)
+    for number in range(2, 14):
+        shutil.copytree(store.generations / "000001", store.generations / f"{number:06d}")
+    Live(tmp_path / "cfg", store.paths).switch(store.generations / "000001" / "files")
+    newest = store.all()[-1]
+    store.set_current(newest)
+    assert [g.number for g in store.all()] == [1, *range(4, 14)]  # 2 and 3 pruned, 1 is live
+    assert store.paths.live_number() == 1
+    assert reader_view(tmp_path / "cfg", "th-ce58d6")  # still readable through the links
