@@ -8,7 +8,7 @@ import socket
 from sparc_agent.apply.portclash import bind_clash, describe
 from sparc_agent.host.sockets import holders_in_ss, port_holders
 from sparc_agent.profile.model import Profile
-from sparc_agent.profile.rules import port_publisher
+from sparc_agent.profile.rules import port_publisher, port_publishers
 
 PROFILE = Profile.model_validate(
     {
@@ -56,11 +56,22 @@ def test_port_publisher_names_the_probed_service_and_entry() -> None:
     assert port_publisher(PROFILE, "udp", 18000) == "not in pod.ports"
 
 
+def test_port_publishers_is_the_table_of_every_published_port() -> None:
+    """What apply records in the generation's plan for the agent, which has no profile model."""
+    table = port_publishers(PROFILE)
+    assert sorted(table) == ["13478/udp", "18000/tcp", "19000/tcp", "19001/tcp"]
+    for key, text in table.items():
+        port, protocol = key.split("/")
+        assert text == port_publisher(PROFILE, protocol, int(port))
+
+
 def test_describe_says_port_protocol_service_holder() -> None:
-    text = describe(PROFILE, "tcp", "127.0.0.1", 18000, ["python3 (pid 4242)"])
+    publishers = port_publishers(PROFILE)
+    text = describe(publishers, "tcp", "127.0.0.1", 18000, ["python3 (pid 4242)"])
     assert "127.0.0.1:18000/tcp is already in use (held by python3 (pid 4242))" in text
-    assert "service mas" in text
-    assert "not visible" in describe(PROFILE, "udp", "127.0.0.1", 13478, [])
+    assert "service mas, pod.ports[0]" in text
+    udp = describe(publishers, "udp", "127.0.0.1", 13478, [])
+    assert "13478/udp" in udp and "service turn, pod.ports[1]" in udp and "not visible" in udp
 
 
 def test_port_holders_finds_this_process() -> None:

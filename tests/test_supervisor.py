@@ -150,15 +150,48 @@ def test_systemd_restarting_a_crash_is_counted_not_doubled() -> None:
     assert m.state is State.BACKOFF
     m.on_unit(auto_restart(), 10.01)
     assert m.due(10.5) is None  # first attempt: systemd's RestartSec equals our delay, let it restart
-    m.on_unit(UnitView("inactive", "dead", "signal", 1, 0, "a"), 11.0)
+    m.on_unit(UnitView("inactive", "dead", "signal", 1, 0, "a", job=7), 11.0)
     assert m.restarts_in_window(11.0) == 1  # NRestarts 0 -> 1 counted
     assert m.due(11.0) is None  # it is not failed: no start from us either
-    assert m.state is State.BACKOFF  # and not STOPPED: systemd's restart job is queued
+    assert m.state is State.BACKOFF  # and not STOPPED: systemd's restart job (7) is queued
     m.on_unit(running("b", n=1), 11.1)
     assert m.state is State.STARTING
     m.on_probe(OK, 11.3)
     assert m.state is State.HEALTHY and m.restarts_total == 1
     assert not [e for e in m.drain() if e["event"] == "restart" and e.get("by") == "agent"]
+
+
+def test_systemds_restart_that_failed_on_a_dependency_is_ours_to_retry_within_the_budget() -> None:
+    """The pod could not bind its port: systemd's restart job ended with "dependency", the unit stays
+    inactive/dead (Result still exit-code) with no job queued. Nothing else will start it: we do, after
+    the backoff, and each failed start counts; never STOPPED, never a wait for a start that won't come."""
+    m = healthy_machine(plan(probe=None, max_restarts=3))
+    m.on_unit(failed(result="exit-code"), 10.0)
+    m.on_unit(UnitView("activating", "auto-restart", "exit-code", 1, 0, "a"), 10.01)
+    m.on_unit(UnitView("inactive", "dead", "exit-code", 1, 0, "a", job=9), 11.0)  # restart job queued
+    assert m.due(11.0) is None and m.state is State.BACKOFF
+    m.on_unit(UnitView("inactive", "dead", "exit-code", 1, 0, "a"), 11.1)  # the job failed: dependency
+    assert m.state is State.BACKOFF
+    t, starts = 11.1, 0
+    while (action := m.due(t)) is not None or m.state is State.BACKOFF:
+        if action is None:
+            wake = m.next_wakeup(after=t)
+            assert wake is not None, "waits for a start that will not come"
+            t = wake
+            continue
+        assert action.act is Act.START
+        starts += 1
+        m.on_action_done(action, False, t, "start x.service: job dependency")
+    assert m.state is State.FATAL and "job dependency" in m.reason
+    assert m.restarts_in_window(t) == 3 and starts == 2  # systemd's restart and ours: the budget
+
+
+def test_a_time_that_passed_with_nothing_to_do_is_no_wakeup() -> None:
+    m = healthy_machine()
+    m.on_unit(failed(), 10.0)
+    m.on_unit(auto_restart(), 10.01)
+    assert m.due(12.0) is None  # systemd restarts it: we wait for the unit, not for the clock
+    assert m.next_wakeup() == m.backoff_until and m.next_wakeup(after=12.0) is None
 
 
 def test_longer_backoff_holds_systemds_restart_and_starts_later() -> None:

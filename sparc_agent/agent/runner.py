@@ -48,10 +48,11 @@ from sparc_agent.agent.supervisor import (
     State,
     UnitView,
 )
-from sparc_agent.errors import ManagerDisconnected, NoUserManager, SparcError
+from sparc_agent.errors import JobFailed, ManagerDisconnected, NoUserManager, SparcError
 from sparc_agent.host.payload import Payload
 from sparc_agent.host.process import spawn
 from sparc_agent.host.systemd import UnitState, UserManager
+from sparc_agent.profile.names import Names
 from sparc_agent.state.files import write_atomic
 from sparc_agent.state.meta import read_meta
 from sparc_agent.state.paths import PRIVATE_FILE_MODE, Paths, StackPaths
@@ -127,7 +128,7 @@ async def load_plan(root: Path) -> StackPlan | None:
     if number is None:
         return None
     plan = read_meta(stack.current).plan
-    return StackPlan(root.name, number, plan.services, plan.sources_json())
+    return StackPlan(root.name, number, plan.services, plan.sources_json(), dict(plan.published))
 
 
 # ---------------------------------------------------------------- apply lock (read, never taken)
@@ -169,6 +170,7 @@ def _view(state: UnitState) -> UnitView:
         state.n_restarts,
         state.main_pid,
         state.invocation_id,
+        state.job,
     )
 
 
@@ -283,8 +285,8 @@ class StackRunner:
                 await self._act(mgr, m, action)
             elif spec is not None and m.probe_due(now):
                 await self._probe(m, spec)
-            else:
-                await self._sleep_until(m.next_wakeup(), poke)
+            else:  # (not at `now` again: a time that passed with nothing to do waits for an input)
+                await self._sleep_until(m.next_wakeup(after=now), poke)
 
     async def _probe(self, m: ServiceMachine, spec: Any) -> None:
         invocation = m.unit.invocation_id if m.unit is not None else ""
@@ -350,7 +352,7 @@ class StackRunner:
         except ManagerDisconnected:
             pass  # cancelled: the next snapshot of the unit tells what happened
         except SparcError as exc:
-            ok, detail, cancelled = False, str(exc), False
+            ok, detail, cancelled = False, await self._why_failed(exc), False
         except Exception as exc:  # our bug: reported as a failed action, never a machine left busy
             ok, detail, cancelled = False, f"{type(exc).__name__}: {exc}", False
         finally:  # also when the agent stops (CancelledError): no path leaves the action in flight
@@ -360,6 +362,16 @@ class StackRunner:
                 m.on_action_done(action, ok, mono(), detail)
             self.flush(m)
             self._poke(m.plan.name)
+
+    async def _why_failed(self, exc: SparcError) -> str:
+        """A start that failed on a dependency blames the service for what it requires, the pod: say
+        why the pod did not start (a taken port: which, whose, held by whom), as apply does."""
+        if not (isinstance(exc, JobFailed) and exc.result == "dependency"):
+            return str(exc)
+        from sparc_agent.apply import portclash
+
+        why = await asyncio.to_thread(portclash.pod_failure, Names(self.stack).pod_unit, self.plan.published)
+        return f"{exc}: {why}"
 
     async def _io(self, mgr: UserManager, m: ServiceMachine, action: Action) -> None:
         svc = m.plan

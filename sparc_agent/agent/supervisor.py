@@ -124,6 +124,7 @@ class UnitView:
     n_restarts: int = 0
     main_pid: int = 0
     invocation_id: str = ""
+    job: int = 0  # a job systemd has queued for the unit (0: none)
 
 
 @dataclass(frozen=True)
@@ -620,10 +621,14 @@ class ServiceMachine:
         if self._owed_start:
             return Action(Act.START, self.reason, 0)
         if unit.active_state == "inactive" and self._episode_counted and not self._holding:
-            # systemd's restart job is queued (NRestarts ticked in this episode): its start comes next,
-            # even when systemd 252 shows the unit inactive/dead with result "success" on the way
-            return None
-        if unit.active_state == "inactive" and unit.result in ("", "success") and not self._holding:
+            if unit.job:
+                # systemd's restart job is queued (NRestarts ticked in this episode): its start comes
+                # next, even when systemd 252 shows the unit inactive/dead with result "success" on the way
+                return None
+            # its restart job ended without a start (a dependency failed: the pod could not bind its
+            # ports). That restart was counted; the next one is ours, after the backoff, counted too
+            self._episode_counted = False
+        elif unit.active_state == "inactive" and unit.result in ("", "success") and not self._holding:
             # not failed, not restarting, not held by us: someone stopped it meanwhile
             self.backoff_until = None
             self._to(State.STOPPED, now, "stopped (not by the agent)")
@@ -703,13 +708,16 @@ class ServiceMachine:
             self.attempt = 0
             self._emit("reset", now, reason=f"healthy for {self.plan.window:g}s: restart count reset")
 
-    def next_wakeup(self) -> float | None:
-        """When `due`/`probe_due` may next have something to do (None: only an input can change that)."""
+    def next_wakeup(self, after: float | None = None) -> float | None:
+        """When `due`/`probe_due` may next have something to do (None: only an input can change that).
+        Times up to `after` were already looked at then (they wait for an input, e.g. a unit change)."""
         times = [t for t in (self.next_probe_at, self.backoff_until) if t is not None]
         if self.state is State.HEALTHY and self.healthy_since is not None and (self.attempt or self.restarts):
             times.append(self.healthy_since + self.plan.window)
         if self._dependency is not None:
             times.append(float("-inf"))
+        if after is not None:
+            times = [t for t in times if t > after]
         return min(times) if times else None
 
     def drain(self) -> list[Event]:

@@ -1,16 +1,18 @@
 """Why a pod did not start when one of its published ports is taken: the start job of an innocent
 service fails with "dependency"; the cause, podman's `bind: address already in use`, is only in the
-pod unit's journal. Read it there and name port, protocol, publishing service and holder."""
+pod unit's journal. Read it there and name port, protocol, publishing service and holder.
+
+One home for apply (its start job failed) and the agent (its restart failed): neither needs the
+profile model, only the table of publishers (profile.rules.port_publishers) apply records in each
+generation's plan."""
 
 from __future__ import annotations
 
 import re
+from collections.abc import Mapping
 
 from sparc_agent.host.journal import journal_tail
 from sparc_agent.host.sockets import port_holders
-from sparc_agent.profile.model import Profile
-from sparc_agent.profile.names import Names
-from sparc_agent.profile.rules import port_publisher
 
 # podman/rootlessport: "listen tcp 127.0.0.1:8080: bind: address already in use" (tcp4/udp6 too;
 # the address may be empty or bracketed)
@@ -26,22 +28,30 @@ def bind_clash(log: str) -> tuple[str, str, int] | None:
     return protocol, address or "*", int(port)
 
 
-def describe(profile: Profile, protocol: str, address: str, port: int, holders: list[str]) -> str:
+def publisher_key(protocol: str, port: int) -> str:
+    """The key of a host port in the publishers table: "PORT/PROTOCOL"."""
+    return f"{port}/{protocol}"
+
+
+def describe(
+    publishers: Mapping[str, str], protocol: str, address: str, port: int, holders: list[str]
+) -> str:
     held = f"held by {', '.join(holders)}" if holders else "its holder is not visible to this user"
+    publisher = publishers.get(publisher_key(protocol, port), "not in pod.ports")
     return (
         f"port {address}:{port}/{protocol} is already in use ({held}); it is published for"
-        f" {port_publisher(profile, protocol, port)}: stop the holder or change pod.ports"
+        f" {publisher}: stop the holder or change pod.ports"
     )
 
 
-def pod_failure(profile: Profile) -> str:
-    """What made the pod unit fail: a taken port when its journal says so, else its last log lines."""
-    unit = Names(profile.name).pod_unit
-    tail = journal_tail(unit, 30)
+def pod_failure(pod_unit: str, publishers: Mapping[str, str]) -> str:
+    """What made the pod unit fail: a taken port when its journal says so, else its last log lines.
+    (Blocking: journalctl and ss run.)"""
+    tail = journal_tail(pod_unit, 30)
     clash = bind_clash(tail)
     if clash is None:
-        return f"the pod {unit} did not start" + (f"; last log lines:\n{tail}" if tail else "")
+        return f"the pod {pod_unit} did not start" + (f"; last log lines:\n{tail}" if tail else "")
     protocol, address, port = clash
-    return f"the pod {unit} did not start: " + describe(
-        profile, protocol, address, port, port_holders(protocol, port)
+    return f"the pod {pod_unit} did not start: " + describe(
+        publishers, protocol, address, port, port_holders(protocol, port)
     )

@@ -29,6 +29,7 @@ from sparc_agent.host.detect import HostVersions, detect
 from sparc_agent.host.systemd import UserManager
 from sparc_agent.profile.load import LoadedProfile
 from sparc_agent.profile.model import Profile
+from sparc_agent.profile.rules import port_publishers
 from sparc_agent.render import Target, render
 from sparc_agent.state import commit
 from sparc_agent.state.generations import Generation, Store
@@ -73,7 +74,7 @@ def supervision_plan(profile: Profile) -> SupervisionPlan:
     sources = {
         n: SecretSource(file=d.file, env=None if d.file else d.env) for n, d in profile.secrets.items()
     }
-    return SupervisionPlan(plan_from_profile(profile, 0).services, sources)
+    return SupervisionPlan(plan_from_profile(profile, 0).services, sources, port_publishers(profile))
 
 
 def draft_meta(

@@ -17,7 +17,7 @@ from sparc_agent.errors import JobFailed, SparcError
 from sparc_agent.host.systemd import UserManager
 from sparc_agent.probes.inpod import PodProbers
 from sparc_agent.profile.model import Profile
-from sparc_agent.profile.rules import probe_pod, start_order
+from sparc_agent.profile.rules import port_publishers, probe_pod, start_order
 from sparc_agent.render import Names
 
 
@@ -86,7 +86,7 @@ class StartStep:
         """A "dependency" failure blames this unit for what it requires, the pod (whose unit may be
         inactive rather than failed by now): follow it there."""
         if isinstance(exc, JobFailed) and exc.result == "dependency":
-            return f"{exc}: " + portclash.pod_failure(self.profile)
+            return f"{exc}: " + portclash.pod_failure(self.names.pod_unit, port_publishers(self.profile))
         return with_tail(f"{exc}", unit)
 
     async def bring_up(self, name: str) -> None:

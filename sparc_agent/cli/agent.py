@@ -108,8 +108,9 @@ def logs(
 def restart(name: str, service: str) -> None:
     """Restart SERVICE of stack NAME now, clearing FATAL.
 
-    Resets systemd's failed state and start-limit counter and restarts the unit. A running agent sees
-    a start it did not make and takes it as a fresh start: FATAL is cleared and the restart budget reset.
+    Resets systemd's failed state and start-limit counter (the unit's, and its pod's when that failed)
+    and restarts the unit. A running agent sees a start it did not make and takes it as a fresh start:
+    FATAL is cleared and the restart budget reset.
     """
     import asyncio
 
@@ -120,10 +121,14 @@ def restart(name: str, service: str) -> None:
     _, _, profile = current_generation(name)
     if service not in profile.services:
         raise InvalidInput(f"stack {name} has no service {service!r} (it has: {', '.join(profile.services)})")
-    unit = Names(name).service_unit(service)
+    names = Names(name)
+    unit = names.service_unit(service)
 
     async def go() -> str:
         async with await UserManager.connect() as mgr:
+            # its pod too: the pod's own restarts (while a port was taken) may have spent its start limit
+            if (await mgr.unit_state(names.pod_unit)).is_failed:
+                await mgr.reset_failed(names.pod_unit)
             await mgr.reset_failed(unit)
             await mgr.restart(unit)
             state = await mgr.unit_state(unit)

@@ -131,6 +131,7 @@ class UnitState:
     exec_main_status: int = 0  # exit status (or signal number) of the last main process
     exec_main_start_timestamp: int = 0  # µs since the epoch the running main process was started, 0 if none
     need_daemon_reload: bool = False  # its unit file (or the quadlet it came from) changed since loading
+    job: int = 0  # the id of the job queued for it (a start, a restart), 0 when none
 
     @property
     def exists(self) -> bool:
@@ -179,6 +180,7 @@ _STATE_PROPS: Final = frozenset(
         "ExecMainStatus",
         "ExecMainStartTimestamp",
         "NeedDaemonReload",
+        "Job",
     }
 )
 
@@ -186,6 +188,7 @@ _STATE_PROPS: Final = frozenset(
 def _state_from(unit: str, u: dict[str, Any], s: dict[str, Any]) -> UnitState:
     load_error = u.get("LoadError") or ("", "")
     inv = u.get("InvocationID") or b""
+    job = u.get("Job") or (0, "/")
     return UnitState(
         name=str(u.get("Id") or unit),
         load_state=str(u.get("LoadState", "")),
@@ -202,6 +205,7 @@ def _state_from(unit: str, u: dict[str, Any], s: dict[str, Any]) -> UnitState:
         exec_main_status=int(s.get("ExecMainStatus", 0)),
         exec_main_start_timestamp=int(s.get("ExecMainStartTimestamp", 0)),
         need_daemon_reload=bool(u.get("NeedDaemonReload", False)),
+        job=int(job[0]),
     )
 
 

@@ -279,6 +279,15 @@ def start_order(profile: Profile) -> list[str]:
     return order
 
 
+def port_publishers(profile: Profile) -> dict[str, str]:
+    """port_publisher of every published host port, keyed "PORT/PROTOCOL" (apply.portclash): apply
+    records it in each generation's plan, so the agent can name who publishes a port it cannot bind."""
+    return {
+        f"{port}/{protocol}": port_publisher(profile, protocol, port)
+        for protocol, port in _published_ports(profile)[0]
+    }
+
+
 def port_publisher(profile: Profile, protocol: str, port: int) -> str:
     """Who publishes host port `port`/`protocol`: its pod.ports entry and the service probed on it."""
     index = _published_ports(profile)[0].get((protocol, port))

@@ -58,6 +58,8 @@ class SecretSource:
 class SupervisionPlan:
     services: tuple[ServicePlan, ...] = ()
     secret_sources: Mapping[str, SecretSource] = field(default_factory=dict)
+    # "PORT/PROTOCOL" -> who publishes that host port (profile.rules.port_publishers): named when taken
+    published: Mapping[str, str] = field(default_factory=dict)
 
     def sources_json(self) -> dict[str, dict[str, str]]:
         """{"name": {"file": PATH} or {"env": VAR}}: the form probes read secrets by (StackPlan)."""
@@ -121,6 +123,7 @@ def parse(raw: dict[str, Any]) -> GenerationMeta:
         plan=SupervisionPlan(
             tuple(ServicePlan(**s) for s in plan["services"]),
             {n: SecretSource(**s) for n, s in plan.get("secret_sources", {}).items()},
+            dict(plan.get("published", {})),  # absent before it was recorded: nobody named
         ),
         secrets=dict(raw.get("secrets", {})),
         target=TargetVersions(**target) if target else None,
