@@ -228,3 +228,23 @@ def test_a_webrtc_verdict_sets_first_frame_seconds_through_the_machine() -> None
         'sparc_probe_failures_total{kind="webrtc",outcome="failed",phase="ice_gather",service="unity",stack="s"}'
         " 1.0" in samples
     )
+
+
+def test_a_forgotten_stack_takes_its_series_with_it() -> None:
+    """`down --purge` while the agent runs: the agent tells its listeners, no series of the stack stays."""
+    machines: list[tuple[str, ServiceMachine]] = []
+    metrics = Metrics(lambda: iter(list(machines)))
+    for stack in ("gone", "kept"):
+        metrics.on_event(stack, {"event": "probe", "service": "web", "kind": "http", "outcome": "failed"})
+        metrics.on_event(stack, {"event": "restart", "service": "web", "by": "systemd", "reason": "x"})
+    metrics.on_event("gone", {"event": "forgotten", "stack": "gone"})
+    samples = _samples(metrics.exposition().decode())
+    assert not [s for s in samples if 'stack="gone"' in s]
+    kept = [s for s in samples if 'stack="kept"' in s]
+    failures = 'sparc_probe_failures_total{kind="http",outcome="failed",phase="probe",service="web",'
+    assert failures + 'stack="kept"} 1.0' in kept
+    assert any(s.startswith("sparc_restarts_total{") for s in kept)
+    # a stack of that name applied again starts from 0, every restart series present again
+    metrics.on_event("gone", {"event": "probe", "service": "web", "kind": "http", "outcome": "ok"})
+    again = _samples(metrics.exposition().decode())
+    assert 'sparc_restarts_total{by="agent",reason="crash",service="web",stack="gone"} 0.0' in again

@@ -117,6 +117,7 @@ class Metrics:
         self._machines = machines
         self._gpu_memory = gpu_memory
         self._seen: set[tuple[str, str]] = set()
+        self._series: dict[str, set[tuple[Any, tuple[str, ...]]]] = {}  # stack -> (metric, labels) made
         labels = ["stack", "service"]
         self.probe_duration = Histogram(
             "sparc_probe_duration_seconds",
@@ -153,26 +154,41 @@ class Metrics:
         build.labels(__version__, platform.python_version()).set(1)
         self.registry.register(_PresentCollector(self))
 
+    def _child(self, metric: Any, *labels: str) -> Any:
+        """metric.labels(*labels), remembered under its stack (labels[0]) so that `forget` finds it."""
+        self._series.setdefault(labels[0], set()).add((metric, labels))
+        return metric.labels(*labels)
+
+    def forget(self, stack: str) -> None:
+        """The stack is gone (`down --purge` while the agent ran): so are its series."""
+        for metric, labels in self._series.pop(stack, set()):
+            metric.remove(*labels)
+        self._seen = {seen for seen in self._seen if seen[0] != stack}
+
     def on_event(self, stack: str, event: Event) -> None:
         """An Agent listener: probe results and restarts become samples."""
+        if event["event"] == "forgotten":
+            self.forget(stack)
+            return
         service = str(event.get("service", ""))
         if (stack, service) not in self._seen:
             # every restart series from 0, so that the first restart shows in increase() and rate()
             self._seen.add((stack, service))
             for by in ("agent", "systemd"):
                 for reason in RESTART_REASONS:
-                    self.restarts.labels(stack, service, by, reason)
+                    self._child(self.restarts, stack, service, by, reason)
         if event["event"] == "probe":
             kind = str(event.get("kind", ""))
-            self.probe_duration.labels(stack, service, kind).observe(float(event.get("latency_s", 0.0)))
+            self._child(self.probe_duration, stack, service, kind).observe(float(event.get("latency_s", 0.0)))
             outcome = str(event.get("outcome", ""))
             if outcome != "ok":
                 phase = str(event.get("phase") or "probe")
-                self.probe_failures.labels(stack, service, kind, phase, outcome).inc()
+                self._child(self.probe_failures, stack, service, kind, phase, outcome).inc()
             elif event.get("first_frame_s") is not None:  # a webrtc probe that got a frame
-                self.first_frame.labels(stack, service).set(float(event["first_frame_s"]))
+                self._child(self.first_frame, stack, service).set(float(event["first_frame_s"]))
         elif event["event"] == "restart":
-            self.restarts.labels(stack, service, str(event.get("by", "agent")), restart_reason(event)).inc()
+            by = str(event.get("by", "agent"))
+            self._child(self.restarts, stack, service, by, restart_reason(event)).inc()
 
     def exposition(self) -> bytes:
         from prometheus_client import generate_latest

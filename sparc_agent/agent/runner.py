@@ -603,6 +603,11 @@ class Agent:
             runners[plan.stack] = runner
             if old is None or old.plan.generation != plan.generation:
                 self.log.info("generation", stack=plan.stack, generation=plan.generation)
+        for gone in sorted(set(self.runners) - set(runners)):  # `down --purge` removed its state
+            self.log.info(
+                "forgotten", stack=gone, reason="no current generation (down --purge): no longer supervised"
+            )
+            self.notify_listeners(gone, {"event": "forgotten", "stack": gone})
         self.runners = runners
 
     async def _sessions(self) -> None:
