@@ -3,7 +3,9 @@
 
 Other faults live beside the feature they exercise: the user manager restart in
 test_agent_manager_restart_e2e.py; the bus restart, a frozen service and the agent's own SIGKILL in
-test_agent_e2e.py (extended here with timings where they were not measured).
+test_agent_e2e.py (extended here with timings where they were not measured); a published port stolen
+while the stack runs in test_agent_port_stolen_e2e.py; an unavailable image (apply exits 3) in
+test_pull_e2e.py; `down --purge` under a running agent in test_agent_purge_e2e.py.
 """
 
 from __future__ import annotations
