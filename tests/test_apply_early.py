@@ -8,8 +8,8 @@ from pathlib import Path
 
 import pytest
 
-from sparc_agent.apply import early
-from sparc_agent.apply.early import EarlyImages, images_early, missing_images
+from sparc_agent.apply import run
+from sparc_agent.apply.run import EarlyImages, images_early, missing_images
 
 pytestmark = pytest.mark.unit
 
@@ -29,7 +29,7 @@ def asked(monkeypatch: pytest.MonkeyPatch) -> list[list[str]]:
         questions.append(list(images))  # type: ignore[call-overload]
         return [i for i in questions[-1] if i.startswith("gone")]
 
-    monkeypatch.setattr(early.podman, "missing_images", fake)
+    monkeypatch.setattr(run.podman, "missing_images", fake)
     return questions
 
 

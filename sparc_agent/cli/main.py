@@ -106,15 +106,13 @@ def apply(
             return
     from concurrent.futures import ThreadPoolExecutor
 
-    from sparc_agent.apply.early import images_early
+    from sparc_agent.apply.run import ApplyFailed, ApplyOptions, images_early
+    from sparc_agent.apply.run import apply as run_apply
     from sparc_agent.host.detect import detect
 
     with ThreadPoolExecutor(2) as pool:
-        # the host's versions and images: asked while the rest of apply is imported and the profile validated
+        # the host's versions and images: asked while the profile is validated
         detected, images = pool.submit(detect), pool.submit(images_early, profile, overlays)
-        from sparc_agent.apply.run import ApplyFailed, ApplyOptions
-        from sparc_agent.apply.run import apply as run_apply
-
         loaded = load_profile_or_exit(profile, overlays, sets, this_gpu=True)
         timeline.mark("profile validated")
         key = input_key(profile, overlays, sets)
