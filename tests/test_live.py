@@ -17,7 +17,8 @@ from typing import Any
 import pytest
 from support.reader import dangling, reader_view
 
-from sparc_agent.apply.plan import flat_files, stack_files_on_disk
+from sparc_agent.apply.plan import file_changes, flat_files, stack_files_on_disk
+from sparc_agent.apply.write import write as write_files
 from sparc_agent.render import header
 from sparc_agent.state import files as state_files
 from sparc_agent.state import live as live_module
@@ -222,3 +223,23 @@ def test_pruning_never_removes_the_generation_live_names(tmp_path: Path) -> None
     assert [g.number for g in store.all()] == [1, *range(4, 14)]  # 2 and 3 pruned, 1 is live
     assert store.paths.live_number() == 1
     assert reader_view(tmp_path / "cfg", "th-ce58d6")  # still readable through the links
+
+
+def test_a_quadlet_below_5_3_gets_flat_files_again_and_no_link(tmp_path: Path) -> None:
+    """A host whose podman went back below 5.3 (its quadlet no longer follows the link)."""
+    v0 = Path(__file__).parent / "fixtures" / "state-v0" / "th-ce58d6"
+    store = Store(StackPaths(tmp_path / "state" / "th-ce58d6"))
+    shutil.copytree(v0, store.root, symlinks=True)
+    generation = store.current()
+    assert generation is not None
+    linked = Live(tmp_path / "cfg", store.paths)
+    linked.switch(generation.files_dir)
+    flat = Live(tmp_path / "cfg", store.paths, linked=False)
+    assert write_files(flat, generation, file_changes(flat, generation.files))
+    assert [p for p in (tmp_path / "cfg").rglob("*") if p.is_symlink()] == []
+    assert (
+        flat_files(tmp_path / "cfg", "th-ce58d6")
+        == generation.files
+        == reader_view(tmp_path / "cfg", "th-ce58d6")
+    )
+    assert not store.paths.live.exists() and not store.paths.empty.exists()

@@ -35,6 +35,10 @@ def write(live: Live, generation: Generation, changes: FileChanges) -> bool:
     """Make the generation's files what systemd reads; True when anything changed on disk. A stack
     still in flat files (an older sparc-agent's layout) moves behind the links first (state.live)."""
     if not live.linked:
+        if live.target() is not None:  # the quadlet went back below 5.3: every file flat again, then no links
+            commit.commit(live.config_home, generation.files, changes.removes, live.state.journal)
+            live.remove()
+            return True
         if changes.empty:
             return False
         commit.commit(live.config_home, changes.writes, changes.removes, live.state.journal)
