@@ -8,10 +8,9 @@ from __future__ import annotations
 import asyncio
 import sys
 import time
-from collections.abc import Awaitable, Sequence
+from collections.abc import Awaitable
 from concurrent.futures import Future
 from dataclasses import dataclass, field, replace
-from pathlib import Path
 from typing import TextIO, TypeVar
 
 from sparc_agent.agent.supervisor import plan_from_profile
@@ -53,7 +52,6 @@ class ApplyOptions:
     target: Target | None = None  # default: what this host runs
     input_key: str | None = None  # fastpath.input_key() of the command line, recorded for the fast path
     detected: Future[HostVersions] | None = None  # detect(), started early (while the profile validated)
-    images: Future[EarlyImages | None] | None = None  # images_early(), likewise
 
 
 @dataclass
@@ -117,41 +115,6 @@ def apply(
     return asyncio.run(apply_async(loaded, options, log))
 
 
-@dataclass(frozen=True)
-class EarlyImages:
-    named: frozenset[str]  # the images the profile's files name
-    missing: list[str]  # those not in local storage
-
-
-def images_early(profile: str, overlays: Sequence[str]) -> EarlyImages | None:
-    """Which images the profile's files name and which are missing, read plainly (no validation, no
-    --set) so that podman is asked while the profile validates; None when the files do not read so.
-
-    Trusted only when validation names the same images and none is missing: sparc-agent never removes
-    an image, so "all present" can only turn false by hand (`podman rmi`), which asking under the lock
-    would not see either; a "missing" answer is asked again under the lock (an apply we waited for may
-    have pulled it)."""
-    import yaml  # validation imports it too
-
-    images: dict[str, str] = {}
-    try:
-        for path in (profile, *overlays):
-            services = yaml.safe_load(Path(path).read_text()).get("services") or {}
-            images.update({n: s["image"] for n, s in services.items() if isinstance(s.get("image"), str)})
-    except (OSError, ValueError, AttributeError, yaml.YAMLError):  # validation will say what is wrong
-        return None
-    return EarlyImages(frozenset(images.values()), podman.missing_images(images.values()))
-
-
-async def missing_images(images: list[str], early: Future[EarlyImages | None] | None) -> list[str]:
-    """The images not in local storage: from images_early() when it asked about exactly these and found
-    all, else asked now."""
-    known = await asyncio.wrap_future(early) if early is not None else None
-    if known is not None and known.named == set(images) and not known.missing:
-        return []
-    return await asyncio.to_thread(podman.missing_images, images)
-
-
 @dataclass
 class HostNow:
     """What apply asks the host before it renders, all at once: versions, the bus, images, secrets."""
@@ -181,7 +144,7 @@ async def ask_host(profile: Profile, options: ApplyOptions) -> HostNow:
     answers = await asyncio.gather(
         marked("host versions", versions()),
         marked("bus", UserManager.connect()),
-        marked("images", missing_images(images, options.images)),
+        marked("images", asyncio.to_thread(podman.missing_images, images)),
         marked("secrets", asyncio.to_thread(absent_secrets, profile)),
         return_exceptions=True,
     )

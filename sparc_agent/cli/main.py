@@ -106,19 +106,16 @@ def apply(
             return
     from concurrent.futures import ThreadPoolExecutor
 
-    from sparc_agent.apply.run import ApplyFailed, ApplyOptions, images_early
+    from sparc_agent.apply.run import ApplyFailed, ApplyOptions
     from sparc_agent.apply.run import apply as run_apply
     from sparc_agent.host.detect import detect
 
-    with ThreadPoolExecutor(2) as pool:
-        # the host's versions and images: asked while the profile is validated
-        detected, images = pool.submit(detect), pool.submit(images_early, profile, overlays)
+    with ThreadPoolExecutor(1) as pool:
+        detected = pool.submit(detect)  # the host's versions: asked while the profile is validated
         loaded = load_profile_or_exit(profile, overlays, sets, this_gpu=True)
         timeline.mark("profile validated")
         key = input_key(profile, overlays, sets)
-        options = ApplyOptions(
-            dry_run=dry_run, wait_for_lock=not no_wait, input_key=key, detected=detected, images=images
-        )
+        options = ApplyOptions(dry_run=dry_run, wait_for_lock=not no_wait, input_key=key, detected=detected)
         report = run_apply(loaded, options)
     if dry_run:
         click.echo(report.diff or f"{loaded.profile.name}: no changes", nl=not report.diff)
