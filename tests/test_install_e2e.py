@@ -126,7 +126,9 @@ def test_install_start_reinstall_uninstall(
         pytest.fail(f"not healthy:\n{report}\n--- agent ---\n{agent_log}\n--- riva ---\n{units}")
     timings["start -> all healthy"] = time.monotonic() - t
     # rootless on this hybrid-cgroup host: the renderer chose --cgroups=enabled
-    container = (home / f".config/containers/systemd/{user.name}-riva.container").read_text()
+    # the stack's quadlets are reached through one link per stack (state.live)
+    quadlets = home / f".config/containers/systemd/sparc-agent-{user.name}"
+    container = (quadlets / f"{user.name}-riva.container").read_text()
     assert 'PodmanArgs="--cgroups=enabled"' in container
 
     # the agent's structured journal events, for this user's units
@@ -180,7 +182,7 @@ def test_install_start_reinstall_uninstall(
     for name in SERVICES:
         shown = user.systemctl("show", f"{user.name}-{name}.service", "-p", "LoadState,ActiveState").stdout
         assert "LoadState=not-found" in shown and "ActiveState=inactive" in shown, (name, shown)
-    assert not list((home / ".config/containers/systemd").glob(f"{user.name}*"))
+    assert not list((home / ".config/containers/systemd").glob(f"*{user.name}*"))
     assert user.podman("ps", "-q").stdout.strip() == ""
     assert not unit.exists() and not venv.exists()
     assert (home / ".config/sparc-agent/profiles/avatar.yaml").exists()  # the user's input stays

@@ -246,8 +246,9 @@ def _teardown(user: RootlessUser) -> list[str]:
 
 
 @pytest.fixture
-def make_rootless_user() -> Iterator[Callable[..., RootlessUser]]:
-    """Factory: a fresh non-root user; with `manager=True` its own systemd --user is running."""
+def make_rootless_user(journald: Path) -> Iterator[Callable[..., RootlessUser]]:
+    """Factory: a fresh non-root user; with `manager=True` its own systemd --user is running.
+    journald too: its containers log there (LogDriver=journald), and podman run fails without it."""
     require_testhost()
     require_tool("useradd", "the passwd package")
     require_tool("setpriv", "util-linux")
