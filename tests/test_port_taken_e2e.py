@@ -60,7 +60,7 @@ def test_apply_names_the_taken_port_its_service_and_holder(apply_host: ApplyHost
     assert done.returncode == 1, out
     assert f"127.0.0.1:{port}/{protocol} is already in use" in out, out
     # the holder, this test, as `ss` shows it; the trixie root has no ss (iproute2): then "not visible"
-    holder = f"(pid {os.getpid()})" if has_ss(apply_host) else "its holder is not visible to this user"
+    holder = f"(pid {os.getpid()})" if has_ss(apply_host) else "its holder is not visible"
     assert holder in out, out
     assert f"service web, pod.ports[0] -> container port {container.split('/')[0]}/{protocol}" in out, out
     assert f"{mgr.name}-pod.service did not start" in out, out

@@ -36,7 +36,12 @@ def publisher_key(protocol: str, port: int) -> str:
 def describe(
     publishers: Mapping[str, str], protocol: str, address: str, port: int, holders: list[str]
 ) -> str:
-    held = f"held by {', '.join(holders)}" if holders else "its holder is not visible to this user"
+    # `ss -p` shows only this user's processes, and is missing where iproute2 is not installed
+    held = (
+        f"held by {', '.join(holders)}"
+        if holders
+        else "its holder is not visible (to this user, or without ss)"
+    )
     publisher = publishers.get(publisher_key(protocol, port), "not in pod.ports")
     return (
         f"port {address}:{port}/{protocol} is already in use ({held}); it is published for"
