@@ -99,11 +99,15 @@ async def spawn(
 
 
 def kill_group(proc: Process) -> None:
-    """SIGKILL a process started with `new_session=True` and everything in its group."""
-    with contextlib.suppress(ProcessLookupError, PermissionError):
+    """SIGKILL a process started with `new_session=True` and everything in its group.
+
+    killpg alone reaches the leader too. A proc.kill() after it would poll (waitpid) the dead leader
+    first and reap it behind asyncio's child watcher, which then reports exit status 255, not -9."""
+    try:
         os.killpg(proc.pid, signal.SIGKILL)
-    with contextlib.suppress(ProcessLookupError):
-        proc.kill()
+    except (ProcessLookupError, PermissionError):  # not a group leader (no new session): the process alone
+        with contextlib.suppress(ProcessLookupError):
+            proc.kill()
 
 
 def replace_with(argv: Sequence[str]) -> None:
