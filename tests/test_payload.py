@@ -88,3 +88,31 @@ def test_nothing_to_kill_without_a_main_process_or_once_it_is_gone() -> None:
         proc.kill()
         proc.wait()  # reaped: its PID is free for the kernel to hand out again
         assert payload.kill() == 0  # the pidfd still names the dead process, never the PID's next owner
+
+
+def test_another_users_processes_are_counted_as_denied_not_raised() -> None:
+    """The agent runs as the user; a process it may not signal must leave it a way out (KillUnit)."""
+    proc = subprocess.Popen(["sleep", "60"])  # root's: not the nobody user's to signal
+    read, write = os.pipe()
+    try:
+        child = os.fork()
+        if child == 0:  # as nobody, with the module already loaded (no file to read as that user)
+            code = 1
+            try:
+                os.setgroups([])
+                os.setresgid(65534, 65534, 65534)
+                os.setresuid(65534, 65534, 65534)
+                with Payload(proc.pid) as payload:
+                    os.write(write, f"{len(payload)} {payload.kill()} {payload.denied}".encode())
+                code = 0
+            finally:
+                os._exit(code)
+        os.close(write)
+        _, status = os.waitpid(child, 0)
+        answer = os.read(read, 100).decode()
+        assert os.waitstatus_to_exitcode(status) == 0 and answer == "1 0 1", answer
+        assert alive(proc.pid)
+    finally:
+        os.close(read)
+        proc.kill()
+        proc.wait()

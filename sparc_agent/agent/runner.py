@@ -420,9 +420,10 @@ class StackRunner:
         return False
 
     async def _kill(self, mgr: UserManager, svc: ServicePlan, payload: Payload, reason: str) -> None:
-        if payload:
-            whom = f"{payload.kill()} container processes"
-        else:  # no container process known: all the unit's processes, podman's stop command included
+        killed = payload.kill() if payload else 0
+        if payload and not payload.denied:
+            whom = f"{killed} container processes"
+        else:  # none known, or not ours to signal: all the unit's processes, podman's stop command included
             whom = "all the unit's processes"
             with contextlib.suppress(SparcError):
                 await mgr.kill(svc.unit, signal.SIGKILL, "all")

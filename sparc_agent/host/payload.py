@@ -60,6 +60,7 @@ class Payload:
             if command_name(main_pid) != CONMON:
                 pids.insert(0, main_pid)
         self._fds: list[int] = []
+        self.denied = 0  # processes not ours to signal (another user's): the caller must stop them otherwise
         for pid in pids:
             with contextlib.suppress(OSError):  # gone meanwhile: nothing to kill
                 self._fds.append(os.pidfd_open(pid))
@@ -68,12 +69,16 @@ class Payload:
         return len(self._fds)
 
     def kill(self) -> int:
-        """SIGKILL every process still alive; how many were signalled."""
+        """SIGKILL every process still alive; how many were signalled (`denied` counts the refusals)."""
         killed = 0
         for fd in self._fds:
-            with contextlib.suppress(ProcessLookupError):
+            try:
                 signal.pidfd_send_signal(fd, signal.SIGKILL)
                 killed += 1
+            except ProcessLookupError:
+                pass
+            except PermissionError:
+                self.denied += 1
         return killed
 
     def close(self) -> None:
