@@ -13,6 +13,7 @@ from collections.abc import Mapping
 
 from sparc_agent.host.journal import journal_tail
 from sparc_agent.host.sockets import port_holders
+from sparc_agent.profile.names import port_key
 
 # podman/rootlessport: "listen tcp 127.0.0.1:8080: bind: address already in use" (tcp4/udp6 too;
 # the address may be empty or bracketed)
@@ -28,11 +29,6 @@ def bind_clash(log: str) -> tuple[str, str, int] | None:
     return protocol, address or "*", int(port)
 
 
-def publisher_key(protocol: str, port: int) -> str:
-    """The key of a host port in the publishers table: "PORT/PROTOCOL"."""
-    return f"{port}/{protocol}"
-
-
 def describe(
     publishers: Mapping[str, str], protocol: str, address: str, port: int, holders: list[str]
 ) -> str:
@@ -42,7 +38,7 @@ def describe(
         if holders
         else "its holder is not visible (to this user, or without ss)"
     )
-    publisher = publishers.get(publisher_key(protocol, port), "not in pod.ports")
+    publisher = publishers.get(port_key(protocol, port), "not in pod.ports")
     return (
         f"port {address}:{port}/{protocol} is already in use ({held}); it is published for"
         f" {publisher}: stop the holder or change pod.ports"

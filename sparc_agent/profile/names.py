@@ -85,6 +85,11 @@ def unit_of(rel: str) -> str:
     }.get(suffix, name)
 
 
+def port_key(protocol: str, port: int) -> str:
+    """A host port as a generation's publishers table keys it (rules.port_publishers, apply.portclash)."""
+    return f"{port}/{protocol}"
+
+
 class Names:
     """Every name the stack's files and objects use, in one place."""
 

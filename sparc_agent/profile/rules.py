@@ -280,19 +280,21 @@ def start_order(profile: Profile) -> list[str]:
 
 
 def port_publishers(profile: Profile) -> dict[str, str]:
-    """port_publisher of every published host port, keyed "PORT/PROTOCOL" (apply.portclash): apply
-    records it in each generation's plan, so the agent can name who publishes a port it cannot bind."""
+    """port_publisher of every published host port, by names.port_key: apply records it in each
+    generation's plan, so the agent can name who publishes a port it cannot bind."""
     return {
-        f"{port}/{protocol}": port_publisher(profile, protocol, port)
-        for protocol, port in _published_ports(profile)[0]
+        names.port_key(protocol, port): _publisher(profile, index, protocol, port)
+        for (protocol, port), index in _published_ports(profile)[0].items()
     }
 
 
 def port_publisher(profile: Profile, protocol: str, port: int) -> str:
     """Who publishes host port `port`/`protocol`: its pod.ports entry and the service probed on it."""
     index = _published_ports(profile)[0].get((protocol, port))
-    if index is None:
-        return "not in pod.ports"
+    return "not in pod.ports" if index is None else _publisher(profile, index, protocol, port)
+
+
+def _publisher(profile: Profile, index: int, protocol: str, port: int) -> str:
     spec = profile.pod.ports[index]
     services = [
         name

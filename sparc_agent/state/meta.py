@@ -58,7 +58,7 @@ class SecretSource:
 class SupervisionPlan:
     services: tuple[ServicePlan, ...] = ()
     secret_sources: Mapping[str, SecretSource] = field(default_factory=dict)
-    # "PORT/PROTOCOL" -> who publishes that host port (profile.rules.port_publishers): named when taken
+    # names.port_key -> who publishes that host port (profile.rules.port_publishers): named when taken
     published: Mapping[str, str] = field(default_factory=dict)
 
     def sources_json(self) -> dict[str, dict[str, str]]:

@@ -44,7 +44,7 @@ class StackPlan:
     services: tuple[ServicePlan, ...]
     # secret name -> {"file": PATH} or {"env": NAME}: where a probe reads one (webrtc's TURN secret)
     secret_sources: dict[str, dict[str, str]] = field(default_factory=dict)
-    # "PORT/PROTOCOL" -> who publishes that host port: named when the pod cannot bind it (apply.portclash)
+    # names.port_key -> who publishes that host port: named when the pod cannot bind it (apply.portclash)
     published: dict[str, str] = field(default_factory=dict)
 
     def to_json(self) -> dict[str, Any]:
