@@ -17,7 +17,7 @@ set -euo pipefail
 
 R=${TRIXIE_ROOT:-/opt/sparc-trixie-root}
 RECIPE_VERSION=1 # bump to rebuild existing roots
-PACKAGES=podman,runc,conmon,catatonit,netavark,aardvark-dns,passt,slirp4netns,uidmap,fuse-overlayfs,systemd,dbus-user-session,python3,busybox-static,iptables,procps
+PACKAGES=podman,runc,conmon,catatonit,netavark,aardvark-dns,passt,slirp4netns,uidmap,fuse-overlayfs,systemd,dbus-user-session,python3,busybox-static,iptables,procps,iproute2
 STAMP=$R/.sparc-trixie-root
 MARK="# written by sparc-agent scripts/trixie-root-setup.sh"
 
