@@ -3,10 +3,12 @@
 from __future__ import annotations
 
 import asyncio
+import socket
 import subprocess
 import sys
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 from support.testhost import require_tool
@@ -248,3 +250,78 @@ def test_a_forgotten_stack_takes_its_series_with_it() -> None:
     metrics.on_event("gone", {"event": "probe", "service": "web", "kind": "http", "outcome": "ok"})
     again = _samples(metrics.exposition().decode())
     assert 'sparc_restarts_total{by="agent",reason="crash",service="web",stack="gone"} 0.0' in again
+
+
+class _Log:
+    def __init__(self) -> None:
+        self.lines: list[tuple[str, str]] = []
+
+    def info(self, _event: str, reason: str = "", **_: object) -> None:
+        self.lines.append(("info", reason))
+
+    warning = info
+
+    def error(self, _event: str, reason: str = "", **_: object) -> None:
+        self.lines.append(("error", reason))
+
+
+def _scrape(port: int) -> bytes | None:
+    import urllib.request
+
+    try:
+        with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=5) as answer:
+            return bytes(answer.read())
+    except OSError:
+        return None
+
+
+def test_a_reload_moves_metrics_keeps_counters_and_a_bad_file_keeps_what_serves(tmp_path: Path) -> None:
+    from types import SimpleNamespace
+
+    from support.testhost import free_port
+
+    from sparc_agent.agent.metrics import MetricsEndpoint
+
+    config = tmp_path / "sparc-agent" / "agent.yaml"
+    config.parent.mkdir()
+    log, first, second = _Log(), free_port(), free_port()
+    agent: Any = SimpleNamespace(
+        paths=SimpleNamespace(config_home=tmp_path), log=log, listeners=[], runners={}
+    )
+    endpoint = MetricsEndpoint(agent)
+
+    async def go() -> None:
+        config.write_text(f"metrics: {{port: {first}}}\n")
+        await endpoint.start()
+        agent.listeners[0](
+            "s", {"event": "restart", "service": "x", "by": "systemd", "reason": "unit failed"}
+        )
+        assert b"sparc_restarts_total" in (await asyncio.to_thread(_scrape, first) or b"")
+
+        config.write_text(f"metrics: {{port: {second}}}\n")
+        await endpoint.reload()
+        assert await asyncio.to_thread(_scrape, first) is None
+        moved = await asyncio.to_thread(_scrape, second) or b""
+        assert b'sparc_restarts_total{by="systemd",reason="crash",service="x",stack="s"} 1.0' in moved
+        assert len(agent.listeners) == 1  # one registry: the counters go on
+
+        config.write_text("metrics: {port: 99999}\n")
+        await endpoint.reload()
+        assert await asyncio.to_thread(_scrape, second) is not None
+        assert log.lines[-1][0] == "error" and f"still serving 127.0.0.1:{second}" in log.lines[-1][1]
+        assert "metrics.port: expected a port 1-65535, not 99999" in log.lines[-1][1]
+
+        with socket.socket() as taken:  # a port in use: back to the old one, said why
+            taken.bind(("127.0.0.1", 0))
+            taken.listen()
+            config.write_text(f"metrics: {{port: {taken.getsockname()[1]}}}\n")
+            await endpoint.reload()
+        assert await asyncio.to_thread(_scrape, second) is not None
+        assert "cannot listen on 127.0.0.1" in log.lines[-1][1] and "still serving" in log.lines[-1][1]
+
+        config.write_text("")
+        await endpoint.reload()
+        assert await asyncio.to_thread(_scrape, second) is None and log.lines[-1][0] == "info"
+        endpoint.close()
+
+    asyncio.run(go())

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import shutil
+import signal
 import subprocess
 import urllib.parse
 import urllib.request
@@ -131,3 +132,32 @@ def test_prometheus_scrapes_the_agent_and_sees_a_restart(
         )
         print("promtool check metrics:", check.returncode, check.stdout.decode(), check.stderr.decode())
         assert check.returncode == 0 and not check.stdout.strip() and not check.stderr.strip()
+
+
+def _answers(port: int) -> bool:
+    try:
+        return b"# TYPE sparc_service_state gauge" in _get(f"http://127.0.0.1:{port}/metrics")
+    except OSError:
+        return False
+
+
+def test_reload_takes_a_changed_agent_yaml_and_a_broken_one_keeps_serving(user_manager: UserManager) -> None:
+    """What `systemctl --user reload sparc-agent` does (ExecReload: SIGHUP), to a real agent."""
+    mgr = user_manager
+    first, second = free_port(), free_port()
+    config = mgr.config_dir / "sparc-agent" / "agent.yaml"
+    config.parent.mkdir(parents=True, exist_ok=True)
+    config.write_text(f"metrics:\n  port: {first}\n")
+    with agent(mgr, "--no-apply") as a:
+        wait_for(lambda: _answers(first), timeout=30, what="metrics on the first port")
+        config.write_text(f"metrics:\n  port: {second}\n")
+        a.proc.send_signal(signal.SIGHUP)
+        wait_for(lambda: _answers(second), timeout=30, what="metrics moved to the second port")
+        assert not _answers(first)
+        config.write_text("metrics: {port: nope}\n")
+        a.proc.send_signal(signal.SIGHUP)
+        refused = wait_for(
+            lambda: a.find(event="metrics", level="error"), timeout=30, what="the refusal logged"
+        )
+        assert f"still serving 127.0.0.1:{second}" in refused[0]["reason"], refused
+        assert _answers(second) and a.proc.poll() is None  # supervision goes on

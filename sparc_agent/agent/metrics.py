@@ -310,26 +310,77 @@ def _answer(metrics: Metrics, method: bytes, path: bytes) -> tuple[str, bytes]:
     return "200 OK", metrics.exposition()
 
 
-async def start_metrics(agent: Agent) -> asyncio.Server | None:
-    """Metrics for `agent` when agent.yaml asks for them: listener registered, server listening."""
-    config = read_config(agent.paths.config_home / "sparc-agent" / CONFIG_NAME)
-    if config is None:
-        return None
+class MetricsEndpoint:
+    """/metrics as agent.yaml says now. Read at start, where a bad file stops the agent (exit 2, or 3
+    for a port in use), and again on reload (SIGHUP), where a bad file or a port in use leaves what
+    serves as it was and says so in the journal: a typo must not end supervision. The counters live
+    on across reloads (one registry per agent)."""
 
-    def machines() -> Iterator[tuple[str, ServiceMachine]]:
-        for stack, runner in list(agent.runners.items()):
-            for m in list(runner.machines.values()):
-                yield stack, m
+    def __init__(self, agent: Agent) -> None:
+        self.agent = agent
+        self.path = agent.paths.config_home / "sparc-agent" / CONFIG_NAME
+        self.config: MetricsConfig | None = None
+        self.server: asyncio.Server | None = None
+        self._metrics: Metrics | None = None
 
-    sampler = GpuSampler(lambda why: agent.log.warning("metrics", reason=f"GPU memory unknown: {why}"))
-    metrics = Metrics(machines, sampler)
-    agent.listeners.append(metrics.on_event)
-    try:
-        server = await serve(metrics, config)
-    except OSError as exc:
-        raise EnvironmentProblem(
-            f"metrics: cannot listen on {config.address}:{config.port}: {exc.strerror}"
-            " (agent.yaml metrics.port)"
-        ) from None
-    agent.log.info("metrics", reason="serving /metrics", address=config.address, port=config.port)
-    return server
+    async def start(self) -> None:
+        config = read_config(self.path)
+        if config is not None:
+            await self._serve(config)
+
+    async def reload(self) -> None:
+        try:
+            config = read_config(self.path)
+        except InvalidInput as exc:
+            self._refused(exc)
+            return
+        if config == self.config:
+            return
+        old, self.config = self.config, None
+        self.close()  # first: the new address may overlap the old one
+        if config is None:
+            self.agent.log.info("metrics", reason="off (agent.yaml has no metrics section)")
+            return
+        try:
+            await self._serve(config)
+        except EnvironmentProblem as exc:
+            if old is not None:  # back to what served
+                with contextlib.suppress(EnvironmentProblem):
+                    await self._serve(old)
+            self._refused(exc)
+
+    def _refused(self, exc: Exception) -> None:
+        now = f"still serving {self.config.address}:{self.config.port}" if self.config else "still off"
+        self.agent.log.error("metrics", reason=f"agent.yaml not taken on reload, {now}: {exc}")
+
+    def close(self) -> None:
+        if self.server is not None:
+            self.server.close()
+            self.server = None
+
+    async def _serve(self, config: MetricsConfig) -> None:
+        try:
+            self.server = await serve(self._registry(), config)
+        except OSError as exc:
+            raise EnvironmentProblem(
+                f"metrics: cannot listen on {config.address}:{config.port}: {exc.strerror}"
+                " (agent.yaml metrics.port)"
+            ) from None
+        self.config = config
+        self.agent.log.info("metrics", reason="serving /metrics", address=config.address, port=config.port)
+
+    def _registry(self) -> Metrics:
+        if self._metrics is None:
+            agent = self.agent
+
+            def machines() -> Iterator[tuple[str, ServiceMachine]]:
+                for stack, runner in list(agent.runners.items()):
+                    for m in list(runner.machines.values()):
+                        yield stack, m
+
+            sampler = GpuSampler(
+                lambda why: agent.log.warning("metrics", reason=f"GPU memory unknown: {why}")
+            )
+            self._metrics = Metrics(machines, sampler)
+            agent.listeners.append(self._metrics.on_event)
+        return self._metrics

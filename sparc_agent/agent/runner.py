@@ -36,6 +36,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Final
 
+from sparc_agent.agent.metrics import MetricsEndpoint
 from sparc_agent.agent.notify import Notifier
 from sparc_agent.agent.supervisor import (
     Act,
@@ -518,6 +519,7 @@ class Agent:
         # called with (stack, event) for every event of every machine (agent.metrics registers here)
         self.listeners: list[Listener] = []
         self.actions: set[asyncio.Task[None]] = set()  # actions in flight (each outlives its session)
+        self.metrics = MetricsEndpoint(self)
 
     # ------------------------------------------------------------ entry
 
@@ -527,9 +529,7 @@ class Agent:
             loop.add_signal_handler(sig, self._stop.set)
         loop.add_signal_handler(signal.SIGHUP, self._reload.set)
         self.log.info("start", pid=os.getpid(), state_dir=str(stacks_dir(self.paths)))
-        from sparc_agent.agent.metrics import start_metrics
-
-        metrics = await start_metrics(self)  # off unless agent.yaml configures it
+        await self.metrics.start()  # off unless agent.yaml configures it
         tasks = [asyncio.create_task(self._watchdog()), asyncio.create_task(self._writer())]
         try:
             if self.options.apply:
@@ -538,8 +538,7 @@ class Agent:
         finally:
             for t in tasks:
                 t.cancel()
-            if metrics is not None:
-                metrics.close()
+            self.metrics.close()
             await self.probers.aclose()
             self.connected = False
             for runner in self.runners.values():
@@ -650,6 +649,7 @@ class Agent:
                 self._reload.clear()
                 self.notifier.reloading()
                 self.log.info("reload", reason="SIGHUP")
+                await self.metrics.reload()
                 if self.options.apply:
                     await self._apply_profiles()
                 self.runners = {}  # re-read everything
