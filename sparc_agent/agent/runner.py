@@ -49,7 +49,7 @@ from sparc_agent.agent.supervisor import (
     State,
     UnitView,
 )
-from sparc_agent.errors import JobFailed, ManagerDisconnected, NoUserManager, SparcError
+from sparc_agent.errors import ManagerDisconnected, NoUserManager, SparcError
 from sparc_agent.host.payload import Payload
 from sparc_agent.host.process import spawn
 from sparc_agent.host.systemd import UnitState, UserManager
@@ -365,14 +365,12 @@ class StackRunner:
             self._poke(m.plan.name)
 
     async def _why_failed(self, exc: SparcError) -> str:
-        """A start that failed on a dependency blames the service for what it requires, the pod: say
-        why the pod did not start (a taken port: which, whose, held by whom), as apply does."""
-        if not (isinstance(exc, JobFailed) and exc.result == "dependency"):
-            return str(exc)
+        """A start that failed on a dependency: why the pod did not start, as apply says it."""
         from sparc_agent.apply import portclash
 
-        why = await asyncio.to_thread(portclash.pod_failure, Names(self.stack).pod_unit, self.plan.published)
-        return f"{exc}: {why}"
+        pod_unit = Names(self.stack).pod_unit
+        pod = await asyncio.to_thread(portclash.blamed_on_the_pod, exc, pod_unit, self.plan.published)
+        return pod or str(exc)
 
     async def _io(self, mgr: UserManager, m: ServiceMachine, action: Action) -> None:
         svc = m.plan

@@ -11,6 +11,7 @@ from __future__ import annotations
 import re
 from collections.abc import Mapping
 
+from sparc_agent.errors import JobFailed, SparcError
 from sparc_agent.host.journal import journal_tail
 from sparc_agent.host.sockets import port_holders
 from sparc_agent.profile.names import port_key
@@ -56,3 +57,11 @@ def pod_failure(pod_unit: str, publishers: Mapping[str, str]) -> str:
     return f"the pod {pod_unit} did not start: " + describe(
         publishers, protocol, address, port, port_holders(protocol, port)
     )
+
+
+def blamed_on_the_pod(exc: SparcError, pod_unit: str, publishers: Mapping[str, str]) -> str | None:
+    """A start job that failed with "dependency" blames its unit for what it requires, the pod: the
+    failure and why the pod did not start. None for any other failure. (Blocking, as pod_failure.)"""
+    if not (isinstance(exc, JobFailed) and exc.result == "dependency"):
+        return None
+    return f"{exc}: " + pod_failure(pod_unit, publishers)

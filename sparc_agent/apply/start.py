@@ -13,7 +13,7 @@ from typing import TextIO
 
 from sparc_agent.apply import gpu_budget, portclash, timeline
 from sparc_agent.apply.verify import Where, wait_healthy, with_tail
-from sparc_agent.errors import JobFailed, SparcError
+from sparc_agent.errors import SparcError
 from sparc_agent.host.systemd import UserManager
 from sparc_agent.probes.inpod import PodProbers
 from sparc_agent.profile.model import Profile
@@ -83,11 +83,9 @@ class StartStep:
             await self.mgr.restart(unit)
 
     async def _why_start_failed(self, exc: SparcError, unit: str) -> str:
-        """A "dependency" failure blames this unit for what it requires, the pod (whose unit may be
-        inactive rather than failed by now): follow it there."""
-        if isinstance(exc, JobFailed) and exc.result == "dependency":
-            return f"{exc}: " + portclash.pod_failure(self.names.pod_unit, port_publishers(self.profile))
-        return with_tail(f"{exc}", unit)
+        """A failed dependency is followed to the pod (whose unit may be inactive rather than failed)."""
+        pod = portclash.blamed_on_the_pod(exc, self.names.pod_unit, port_publishers(self.profile))
+        return pod or with_tail(f"{exc}", unit)
 
     async def bring_up(self, name: str) -> None:
         failed_dep = await self._dependency_failed(name)
