@@ -129,7 +129,11 @@ def test_a_port_held_for_good_ends_in_fatal_after_exactly_the_budget_with_its_ca
             web = agent_state(mgr)["services"]["web"]
             assert web["state"] == "FATAL" and web["restarts"] == 2, web
             assert says_the_cause(web["fatal_reason"], mgr, port), web
-            assert len(failed_restarts(a)) == 1, a.log()  # systemd's restart, then one of ours
+            # the budget, each restart counted once: systemd's own, when its auto-restart came before the
+            # pod's stop reached the unit (BindsTo; under load the stop can win, and then there is none),
+            # and the agent's, at least one
+            by_systemd = a.find(event="restart", service="web", by="systemd")
+            assert len(by_systemd) <= 1 and len(failed_restarts(a)) + len(by_systemd) == 2, a.log()
             assert "FATAL" in sparc(mgr, "status", mgr.name).stdout
         # the port is free: a restart by hand brings it back, FATAL cleared
         done = sparc(mgr, "restart", mgr.name, "web")
